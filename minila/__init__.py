@@ -1,0 +1,18 @@
+"""minila: a readable reference implementation of Lookahead Decoding (Fu et al., ICML 2024)."""
+
+from minila.errors import MinilaError
+from minila.generation import Generation, StepStat
+from minila.greedy import greedy_generate
+from minila.lookahead import LookaheadConfig, lookahead_generate
+from minila.model import ModelArgs, Transformer
+
+__all__ = [
+    "Generation",
+    "LookaheadConfig",
+    "MinilaError",
+    "ModelArgs",
+    "StepStat",
+    "Transformer",
+    "greedy_generate",
+    "lookahead_generate",
+]

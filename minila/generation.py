@@ -1,0 +1,95 @@
+"""What every decoder returns, and the stopping rule they all share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from minila.errors import MinilaError
+
+# Called with the tokens a step emitted (after stopping rules), e.g. to stream text.
+OnTokens = Callable[[list[int]], None]
+
+
+@dataclass
+class StepStat:
+    """One forward pass of the model."""
+
+    accepted: int  # tokens emitted by this step
+    seconds: float
+    width: int = 1  # tokens fed to the model in this step
+    candidate: int | None = None  # index of the winning candidate n-gram, if any
+
+
+@dataclass
+class Generation:
+    """The result of a decoder: new tokens only, and one StepStat per forward pass
+    (the prefill included, so greedy decoding has exactly one step per token)."""
+
+    tokens: list[int] = field(default_factory=list)
+    stats: list[StepStat] = field(default_factory=list)
+    stop_reason: str = "length"  # "eos" | "length"
+
+    @property
+    def steps(self) -> int:
+        return len(self.stats)
+
+    @property
+    def accepted(self) -> list[int]:
+        return [s.accepted for s in self.stats]
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stats)
+
+    @property
+    def compression(self) -> float:
+        """S = new tokens / forward passes: hardware-independent speedup bound."""
+        return len(self.tokens) / self.steps if self.steps else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.tokens) / self.seconds if self.seconds > 0 else 0.0
+
+    def emit(self, new: Sequence[int], eos_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        """Append a step's tokens, cut at the first EOS (kept) and at the budget.
+        Returns what was appended; `done` tells whether decoding must stop."""
+        out: list[int] = []
+        for tok in new:
+            if len(self.tokens) + len(out) >= max_new_tokens:
+                break
+            out.append(tok)
+            if tok in eos_ids:
+                self.stop_reason = "eos"
+                break
+        self.tokens.extend(out)
+        return out
+
+    def done(self, max_new_tokens: int) -> bool:
+        return self.stop_reason == "eos" or len(self.tokens) >= max_new_tokens
+
+
+def check_request(model, prompt_ids: Sequence[int], max_new_tokens: int, extra_rows: int = 0) -> int:
+    """Validate a decoding request at the boundary; return the KV-cache capacity it needs."""
+    if len(prompt_ids) == 0:
+        raise MinilaError("the prompt is empty: give at least one token")
+    if max_new_tokens < 1:
+        raise MinilaError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    vocab = model.args.vocab_size
+    bad = [t for t in prompt_ids if not 0 <= int(t) < vocab]
+    if bad:
+        raise MinilaError(f"prompt token ids {bad[:5]} are outside the vocabulary (size {vocab})")
+    context = model.args.max_seq_len
+    if len(prompt_ids) + max_new_tokens > context:
+        raise MinilaError(
+            f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+            f"model's context of {context} tokens: shorten the prompt or lower --max-new-tokens"
+        )
+    # a lookahead step may feed guesses past the final position; RoPE covers max_seq_len
+    return len(prompt_ids) + max_new_tokens + extra_rows
+
+
+def as_tensor(ids: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(list(ids), dtype=torch.long, device=device)

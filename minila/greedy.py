@@ -1,0 +1,41 @@
+"""Greedy decoding with a KV cache: the baseline every speedup is measured against,
+and the oracle every other decoder must reproduce token for token."""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+
+from minila.generation import Generation, OnTokens, StepStat, as_tensor, check_request
+from minila.model import Transformer
+
+
+@torch.inference_mode()
+def greedy_generate(
+    model: Transformer,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    eos_ids: Sequence[int] = (),
+    on_tokens: OnTokens | None = None,
+) -> Generation:
+    """One token per forward pass: feed the prompt once (the prefill), then each new
+    token, always taking the argmax of the last row's logits."""
+    cache = model.new_cache(check_request(model, prompt_ids, max_new_tokens))
+    gen = Generation()
+    tokens = as_tensor(prompt_ids, model.device)  # (T,) the prefill, then one token at a time
+    last_row = torch.tensor([-1], device=model.device)  # only the last row needs logits
+    while True:
+        start = time.perf_counter()
+        positions = torch.arange(cache.length, cache.length + tokens.shape[0], device=model.device)
+        logits = model(tokens, positions, cache, logits_for=last_row)  # (1, vocab)
+        cache.commit()
+        nxt = int(logits[0].argmax())
+        emitted = gen.emit([nxt], eos_ids, max_new_tokens)
+        gen.stats.append(StepStat(accepted=len(emitted), seconds=time.perf_counter() - start, width=tokens.shape[0]))
+        if on_tokens:
+            on_tokens(emitted)
+        if gen.done(max_new_tokens):
+            return gen
+        tokens = torch.tensor([nxt], device=model.device)

@@ -1,0 +1,136 @@
+"""Lookahead decoding: the loop that ties window, pool, layout, mask and verification.
+
+    prefill the prompt -> first token (step 1)
+    repeat:
+        candidates = pool[last]                       (verification branch)
+        layout     = step_layout(W, levels, |cands|)  (rows, positions, mask)
+        logits     = model(one forward of last + window + candidates)
+        fresh      = argmax of the window's top level (one Jacobi update)
+        pool      += the window's W columns + fresh   (harvest)
+        verdict    = verify(last row, candidate rows) (1 .. N tokens)
+        cache.commit(rows of last + matched candidate tokens)
+        window.advance(fresh); emit verdict.tokens
+
+Every state (cache, window, pool) is created per call: nothing leaks between requests.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from minila.errors import MinilaError
+from minila.generation import Generation, OnTokens, StepStat, as_tensor, check_request
+from minila.layout import step_layout
+from minila.model import Transformer
+from minila.ngram_pool import NGramPool
+from minila.verify import verify_greedy
+from minila.window import LookaheadWindow
+
+
+@dataclass(frozen=True)
+class LookaheadConfig:
+    """W (window), N (n-gram size), G (max candidates verified per step)."""
+
+    window: int = 5
+    ngram: int = 4
+    guess: int = 5
+    seed: int = 0  # initialises the window from prompt tokens, reproducibly
+    warmup: str = "fill"  # "fill": one level per step (reference); "seed": all at once
+    pool_from_prompt: bool = True  # seed the pool with the prompt's n-grams
+    pool_from_output: bool = True  # and with the accepted output's
+
+    def __post_init__(self) -> None:
+        for name, low in (("window", 1), ("ngram", 2), ("guess", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise MinilaError(
+                    f"LookaheadConfig.{name} must be an integer >= {low}, got {value!r} "
+                    "(W >= 1 columns, N >= 2 tokens per n-gram, G >= 0 candidates)"
+                )
+        if self.warmup not in ("fill", "seed"):
+            raise MinilaError(f"LookaheadConfig.warmup must be 'fill' or 'seed', got {self.warmup!r}")
+
+    @property
+    def step_tokens(self) -> int:
+        """Tokens fed per step once warmed up: last + window + candidates."""
+        return 1 + (self.window - 1) + (self.ngram - 2) * self.window + self.guess * (self.ngram - 1)
+
+
+@torch.inference_mode()
+def lookahead_generate(
+    model: Transformer,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    config: LookaheadConfig = LookaheadConfig(),
+    eos_ids: Sequence[int] = (),
+    on_tokens: OnTokens | None = None,
+) -> Generation:
+    """Decode exactly as greedy decoding would, several tokens per forward pass."""
+    cache = model.new_cache(check_request(model, prompt_ids, max_new_tokens, extra_rows=config.step_tokens))
+    last_position = model.args.max_seq_len - 1
+    device = model.device
+    gen = Generation()
+
+    # step 1, the prefill: a plain causal forward of the prompt gives the first token
+    start = time.perf_counter()
+    prompt = as_tensor(prompt_ids, device)
+    logits = model(prompt, torch.arange(len(prompt_ids), device=device), cache, logits_for=torch.tensor([-1]))
+    cache.commit()
+    emitted = gen.emit([int(logits[0].argmax())], eos_ids, max_new_tokens)
+    gen.stats.append(StepStat(accepted=len(emitted), seconds=time.perf_counter() - start, width=len(prompt_ids)))
+    if on_tokens:
+        on_tokens(emitted)
+
+    context = list(prompt_ids) + emitted  # everything accepted so far; context[-1] is `last`
+    window = LookaheadWindow(config.window, config.ngram, prompt_ids, config.seed, config.warmup)
+    pool = NGramPool(config.ngram, config.guess)
+    if config.pool_from_prompt:
+        pool.add_sequence(prompt_ids)
+    if config.pool_from_output:  # n-grams that end in output tokens
+        pool.add_sequence(context, start=len(prompt_ids) - config.ngram + 1)
+
+    while not gen.done(max_new_tokens):
+        start = time.perf_counter()
+        last = context[-1]
+        # a candidate longer than the remaining budget - 1 cannot pay off: trim it
+        room = max_new_tokens - len(gen.tokens) - 1
+        candidates = [c[:room] for c in pool.candidates(last)[: config.guess]] if room > 0 else []
+        candidates = [c for c in candidates if c]
+        layout = step_layout(config.window, len(window.levels), [len(c) for c in candidates], device)
+
+        tokens = torch.tensor(layout.pack(last, window.levels, candidates), device=device)  # (T,)
+        # guesses may sit past the context's end; they only feed other guesses, never an emitted token
+        positions = (cache.length + layout.depth).clamp_(max=last_position)  # (T,)
+        logits = model(tokens, positions, cache, layout.mask, layout.logit_rows)  # (R, vocab)
+        best = logits.argmax(dim=-1).tolist()  # (R,) the model's token after each row
+
+        fresh = best[layout.top]
+        verdict = verify_greedy(best[0], candidates, [best[s] for s in layout.candidates])
+        kept = [0]
+        if verdict.candidate is not None:
+            rows = layout.candidate_rows[verdict.candidate]
+            kept += list(range(rows.start, rows.start + verdict.matched))
+        cache.commit(kept)
+
+        pool.add_all(window.ngrams(last, fresh))
+        window.advance(fresh)
+        emitted = gen.emit(verdict.tokens, eos_ids, max_new_tokens)
+        n_before = len(context)
+        context.extend(emitted)
+        if config.pool_from_output:
+            pool.add_sequence(context, start=n_before - config.ngram + 1)
+        gen.stats.append(
+            StepStat(
+                accepted=len(emitted),
+                seconds=time.perf_counter() - start,
+                width=layout.size,
+                candidate=verdict.candidate,
+            )
+        )
+        if on_tokens:
+            on_tokens(emitted)
+    return gen

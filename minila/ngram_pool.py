@@ -1,0 +1,60 @@
+"""The n-gram pool: what the Jacobi trajectory has produced, waiting to be verified.
+
+Keyed by a token, each entry holds up to G continuations of N-1 tokens, in recency
+order. Adding a continuation that is already there moves it to the back (most
+recent); adding one to a full key drops the oldest. A step verifies the continuations
+of `last`, most recent first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterable, Sequence
+
+NGram = tuple[int, ...]
+
+
+class NGramPool:
+    def __init__(self, ngram: int, per_key: int) -> None:
+        if ngram < 2:
+            raise ValueError(f"n-gram size must be >= 2, got {ngram}")
+        self.ngram = ngram
+        self.per_key = per_key
+        self._pool: dict[int, OrderedDict[NGram, None]] = {}
+
+    def add(self, key: int, continuation: Sequence[int]) -> None:
+        if self.per_key == 0:
+            return
+        continuation = tuple(continuation)
+        if len(continuation) != self.ngram - 1:
+            raise ValueError(f"a continuation has {self.ngram - 1} tokens, got {len(continuation)}")
+        entries = self._pool.setdefault(key, OrderedDict())
+        if continuation in entries:
+            entries.move_to_end(continuation)
+        else:
+            entries[continuation] = None
+            if len(entries) > self.per_key:
+                entries.popitem(last=False)  # drop the oldest
+
+    def add_all(self, ngrams: Iterable[tuple[int, Sequence[int]]]) -> None:
+        for key, continuation in ngrams:
+            self.add(key, continuation)
+
+    def add_sequence(self, tokens: Sequence[int], start: int = 0) -> None:
+        """Add every n-gram of `tokens` that ends at index >= start + N - 1, i.e. the
+        n-grams a text reveals (the prompt, or accepted output as it grows)."""
+        n = self.ngram
+        for i in range(max(start, 0), len(tokens) - n + 1):
+            self.add(tokens[i], tokens[i + 1 : i + n])
+
+    def candidates(self, key: int) -> list[NGram]:
+        """The continuations of `key`, most recent first."""
+        entries = self._pool.get(key)
+        return list(reversed(entries)) if entries else []
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._pool.values())
+
+    def __contains__(self, ngram: Sequence[int]) -> bool:
+        key, *rest = ngram
+        return tuple(rest) in self._pool.get(key, ())
