@@ -3,6 +3,7 @@
 from minila.errors import MinilaError
 from minila.generation import Generation, StepStat
 from minila.greedy import greedy_generate
+from minila.jacobi import JacobiGeneration, jacobi_generate
 from minila.lookahead import LookaheadConfig, lookahead_generate
 from minila.model import ModelArgs, Transformer
 
@@ -14,5 +15,7 @@ __all__ = [
     "StepStat",
     "Transformer",
     "greedy_generate",
+    "jacobi_generate",
+    "JacobiGeneration",
     "lookahead_generate",
 ]

@@ -11,6 +11,13 @@ from minila.errors import MinilaError
 
 # Called with the tokens a step emitted (after stopping rules), e.g. to stream text.
 OnTokens = Callable[[list[int]], None]
+# Picks the model's token from one row of logits (vocab,): argmax, or a sampler.
+Choose = Callable[[torch.Tensor], int]
+
+
+def argmax(logits: torch.Tensor) -> int:
+    """Greedy choice. Ties go to the lowest id, as torch.argmax does everywhere."""
+    return int(logits.argmax())
 
 
 @dataclass

@@ -8,20 +8,21 @@ from typing import Sequence
 
 import torch
 
-from minila.generation import Generation, OnTokens, StepStat, as_tensor, check_request
+from minila.generation import Choose, Generation, OnTokens, StepStat, argmax, as_tensor, check_request
 from minila.model import Transformer
 
 
 @torch.inference_mode()
-def greedy_generate(
+def autoregressive_generate(
     model: Transformer,
     prompt_ids: Sequence[int],
     max_new_tokens: int,
     eos_ids: Sequence[int] = (),
     on_tokens: OnTokens | None = None,
+    choose: Choose = argmax,
 ) -> Generation:
     """One token per forward pass: feed the prompt once (the prefill), then each new
-    token, always taking the argmax of the last row's logits."""
+    token, choosing the next one from the last row's logits."""
     cache = model.new_cache(check_request(model, prompt_ids, max_new_tokens))
     gen = Generation()
     tokens = as_tensor(prompt_ids, model.device)  # (T,) the prefill, then one token at a time
@@ -31,7 +32,7 @@ def greedy_generate(
         positions = torch.arange(cache.length, cache.length + tokens.shape[0], device=model.device)
         logits = model(tokens, positions, cache, logits_for=last_row)  # (1, vocab)
         cache.commit()
-        nxt = int(logits[0].argmax())
+        nxt = choose(logits[0])
         emitted = gen.emit([nxt], eos_ids, max_new_tokens)
         gen.stats.append(StepStat(accepted=len(emitted), seconds=time.perf_counter() - start, width=tokens.shape[0]))
         if on_tokens:
@@ -39,3 +40,14 @@ def greedy_generate(
         if gen.done(max_new_tokens):
             return gen
         tokens = torch.tensor([nxt], device=model.device)
+
+
+def greedy_generate(
+    model: Transformer,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    eos_ids: Sequence[int] = (),
+    on_tokens: OnTokens | None = None,
+) -> Generation:
+    """Always the argmax: the ground truth for lookahead and Jacobi decoding."""
+    return autoregressive_generate(model, prompt_ids, max_new_tokens, eos_ids, on_tokens, argmax)

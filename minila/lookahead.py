@@ -23,11 +23,11 @@ from typing import Sequence
 import torch
 
 from minila.errors import MinilaError
-from minila.generation import Generation, OnTokens, StepStat, as_tensor, check_request
+from minila.generation import Choose, Generation, OnTokens, StepStat, argmax, as_tensor, check_request
 from minila.layout import step_layout
 from minila.model import Transformer
 from minila.ngram_pool import NGramPool
-from minila.verify import verify_greedy
+from minila.verify import verify
 from minila.window import LookaheadWindow
 
 
@@ -68,8 +68,11 @@ def lookahead_generate(
     config: LookaheadConfig = LookaheadConfig(),
     eos_ids: Sequence[int] = (),
     on_tokens: OnTokens | None = None,
+    choose: Choose = argmax,
 ) -> Generation:
-    """Decode exactly as greedy decoding would, several tokens per forward pass."""
+    """Decode exactly as greedy decoding would, several tokens per forward pass.
+    `choose` picks the model's token from a row of logits (argmax: greedy; a sampler:
+    sampling with the model's distribution preserved)."""
     cache = model.new_cache(check_request(model, prompt_ids, max_new_tokens, extra_rows=config.step_tokens))
     last_position = model.args.max_seq_len - 1
     device = model.device
@@ -80,7 +83,7 @@ def lookahead_generate(
     prompt = as_tensor(prompt_ids, device)
     logits = model(prompt, torch.arange(len(prompt_ids), device=device), cache, logits_for=torch.tensor([-1]))
     cache.commit()
-    emitted = gen.emit([int(logits[0].argmax())], eos_ids, max_new_tokens)
+    emitted = gen.emit([choose(logits[0])], eos_ids, max_new_tokens)
     gen.stats.append(StepStat(accepted=len(emitted), seconds=time.perf_counter() - start, width=len(prompt_ids)))
     if on_tokens:
         on_tokens(emitted)
@@ -106,11 +109,12 @@ def lookahead_generate(
         # guesses may sit past the context's end; they only feed other guesses, never an emitted token
         positions = (cache.length + layout.depth).clamp_(max=last_position)  # (T,)
         logits = model(tokens, positions, cache, layout.mask, layout.logit_rows)  # (R, vocab)
-        best = logits.argmax(dim=-1).tolist()  # (R,) the model's token after each row
 
-        fresh = best[layout.top]
-        verdict = verify_greedy(best[0], candidates, [best[s] for s in layout.candidates])
-        kept = [0]
+        fresh = logits[layout.top].argmax(dim=-1).tolist()  # the window stays greedy
+        verdict = verify(
+            choose(logits[0]), candidates, lambda j, k: choose(logits[layout.candidates[j].start + k])
+        )
+        kept = [0]  # `last`, then the matched tokens of the winner
         if verdict.candidate is not None:
             rows = layout.candidate_rows[verdict.candidate]
             kept += list(range(rows.start, rows.start + verdict.matched))
