@@ -1,0 +1,143 @@
+"""Fixtures shared by the test files: the real SmolLM2 folder and tiny on-disk checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SMOLLM2 = REPO / "weights" / "smollm2-135m-instruct"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # the numbers in DESIGN.md and the CI machine use 2 threads; more only adds contention
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+
+
+# ------------------------------------------------------------------------- the real model
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The converted SmolLM2-135M-Instruct folder (`make weights` writes it)."""
+    if not (SMOLLM2 / "model.safetensors").is_file():
+        pytest.skip(f"{SMOLLM2.relative_to(REPO)} is missing: run `make weights` to convert SmolLM2")
+    return SMOLLM2
+
+
+@pytest.fixture(scope="session")
+def real_model(smollm2_dir: Path):
+    """(model, tokenizer) for SmolLM2, float32 on CPU, loaded once per session."""
+    from minila.checkpoint import load_checkpoint
+
+    return load_checkpoint(smollm2_dir, device="cpu", dtype="float32")
+
+
+# ------------------------------------------------------------------------- tiny checkpoints
+
+SP_WORDS = (
+    "the quick brown fox jumps over lazy dog hello world lookahead decoding jacobi "
+    "iteration token model café naïve 東京 123 4567 def return print(x) {a: b}"
+).split()
+
+
+@pytest.fixture(scope="session")
+def sp_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama-2-style sentencepiece model (BPE, byte fallback, unk/bos/eos = 0/1/2),
+    trained here on a generated corpus so no file has to be downloaded."""
+    import sentencepiece
+
+    folder = tmp_path_factory.mktemp("sp")
+    rng = random.Random(0)
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(SP_WORDS) for _ in range(12)) for _ in range(2000)))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(folder / "sp"),
+        model_type="bpe",
+        vocab_size=360,  # byte fallback alone needs 256 + 3 pieces, plus the corpus's characters
+        byte_fallback=True,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        normalization_rule_name="identity",  # as Llama: no NFKC, keep every space
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return folder / "sp.model"
+
+
+def _write_tiny_llama(
+    folder: Path,
+    sp_model_file: Path,
+    *,
+    tie: bool = False,
+    seed: int = 0,
+    max_shard_size: str | None = None,
+    vocab_size: int = 360,
+):
+    """An HF-format folder: a random transformers LlamaForCausalLM, saved by
+    transformers itself, with the sentencepiece tokenizer beside it. Returns the HF model."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rope_theta=5000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tie,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # HF's init makes tiny logits; spread them so comparisons mean something
+        for p in model.parameters():
+            p.normal_(0.0, 0.5 if p.ndim == 1 else 1.0 / p.shape[-1] ** 0.5)
+        for layer in model.model.layers:
+            layer.input_layernorm.weight.add_(1.0)
+            layer.post_attention_layernorm.weight.add_(1.0)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(folder, **kwargs)
+    shutil.copy(sp_model_file, folder / "tokenizer.model")
+    tok_config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "chat_template": (
+            "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{{ eos_token }}{% endfor %}"
+        ),
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    return model
+
+
+@pytest.fixture
+def make_tiny_llama(tmp_path: Path, sp_model_file: Path):
+    """make(name, tie=..., max_shard_size=..., seed=...) -> (folder, the HF model saved there)."""
+
+    def make(name: str = "tiny", **kwargs):
+        folder = tmp_path / name
+        return folder, _write_tiny_llama(folder, sp_model_file, **kwargs)
+
+    return make
