@@ -56,6 +56,8 @@ class KVCache:
         else:
             rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
             n = rows.numel()
+            if n and (int(rows[-1]) >= self.pending or int(rows[0]) < 0 or (n > 1 and not bool((rows.diff() > 0).all()))):
+                raise ValueError(f"commit rows must be ascending indices below {self.pending}, got {rows.tolist()}")
             if n and not (n == int(rows[-1]) + 1):  # not already the contiguous prefix 0..n-1
                 src = self.length + rows
                 dst = slice(self.length, self.length + n)
