@@ -27,6 +27,7 @@ from minila.generation import Choose, Generation, OnTokens, StepStat, argmax, as
 from minila.layout import step_layout
 from minila.model import Transformer
 from minila.ngram_pool import NGramPool
+from minila.sampling import Sampler, SamplingConfig
 from minila.verify import verify
 from minila.window import LookaheadWindow
 
@@ -69,10 +70,16 @@ def lookahead_generate(
     eos_ids: Sequence[int] = (),
     on_tokens: OnTokens | None = None,
     choose: Choose = argmax,
+    sampling: SamplingConfig | None = None,
 ) -> Generation:
     """Decode exactly as greedy decoding would, several tokens per forward pass.
     `choose` picks the model's token from a row of logits (argmax: greedy; a sampler:
-    sampling with the model's distribution preserved)."""
+    sampling with the model's distribution preserved). `sampling` is the usual way to
+    sample: it makes `choose` a fresh Sampler for this request."""
+    if sampling is not None:
+        if choose is not argmax:
+            raise MinilaError("give lookahead_generate either `choose` or `sampling`, not both")
+        choose = Sampler(sampling)
     cache = model.new_cache(check_request(model, prompt_ids, max_new_tokens, extra_rows=config.step_tokens))
     last_position = model.args.max_seq_len - 1
     device = model.device
