@@ -87,17 +87,18 @@ def make_printer(tokenizer, color: bool) -> tuple[OnTokens, Callable[[], None]]:
 def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
-    if args.no_chat:
-        prompt_ids = tokenizer.encode(args.prompt)
-    else:
-        prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}])
+    # validate the options before the (slow) load, so a typo fails at once
     config = LookaheadConfig(window=args.window, ngram=args.ngram, guess=args.guess, seed=args.seed)
     sampling = None
     if args.temperature is not None and args.mode == "compare":
         raise MinilaError("--mode compare checks lookahead against greedy decoding: drop --temperature")
     if args.temperature is not None:
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
+    if args.no_chat:
+        prompt_ids = tokenizer.encode(args.prompt)
+    else:
+        prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}])
     eos, k = tokenizer.eos_ids, args.max_new_tokens
     color = not args.json and sys.stdout.isatty() and "NO_COLOR" not in os.environ
 

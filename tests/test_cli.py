@@ -1,0 +1,101 @@
+"""The command line: JSON output, compare mode, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from minila.generate import first_divergence, main
+
+
+def run_json(capsys, *argv: str) -> dict:
+    assert main([*argv, "--json", "--device", "cpu"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_greedy_and_lookahead_on_a_tiny_checkpoint(make_tiny_llama, capsys):
+    folder, _ = make_tiny_llama()
+    greedy = run_json(capsys, "--ckpt", str(folder), "--prompt", "the quick fox", "--mode", "greedy", "--max-new-tokens", "12")
+    look = run_json(capsys, "--ckpt", str(folder), "--prompt", "the quick fox", "--max-new-tokens", "12", "-W", "3", "-N", "3", "-G", "2")
+    for out in (greedy, look):
+        assert {"tokens", "text", "steps", "seconds", "compression"} <= set(out)
+    assert look["tokens"] == greedy["tokens"] and greedy["steps"] == len(greedy["tokens"])
+    assert look["compression"] == pytest.approx(len(look["tokens"]) / look["steps"], abs=1e-3)
+
+
+def test_compare_mode(make_tiny_llama, capsys):
+    folder, _ = make_tiny_llama()
+    out = run_json(capsys, "--ckpt", str(folder), "--prompt", "hello world", "--mode", "compare", "--max-new-tokens", "16")
+    assert out["identical"] is True and out["first_divergence"] is None
+    assert out["tokens"] == out["greedy"]["tokens"]
+    assert out["steps"] <= out["greedy"]["steps"]
+
+
+def test_streaming_prints_text_and_stats(make_tiny_llama, capsys):
+    folder, _ = make_tiny_llama()
+    capsys.readouterr()
+    assert main(["--ckpt", str(folder), "--prompt", "hello", "--max-new-tokens", "8", "--device", "cpu", "--no-chat"]) == 0
+    out = capsys.readouterr().out
+    assert "new tokens in" in out and "compression" in out
+    assert "\033[" not in out  # no colour when stdout is not a terminal
+
+
+def test_first_divergence():
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 3]) == 2
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--window", "0"], "window"),
+        (["--ngram", "1"], "ngram"),
+        (["--guess", "-1"], "guess"),
+        (["--max-new-tokens", "100000"], "context"),
+        (["--temperature", "-1"], "temperature"),
+        (["--mode", "compare", "--temperature", "0.7"], "compare"),
+    ],
+)
+def test_bad_options_are_one_line_errors(make_tiny_llama, capsys, extra, message):
+    folder, _ = make_tiny_llama()
+    capsys.readouterr()  # drop what saving the tiny model printed
+    assert main(["--ckpt", str(folder), "--device", "cpu", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("case", ["missing", "not_llama", "no_tokenizer", "prompt_too_long", "cuda"])
+def test_bad_input_exit_code_2(make_tiny_llama, tmp_path, case):
+    folder, _ = make_tiny_llama()
+    args = ["--ckpt", str(folder), "--device", "cpu"]
+    if case == "missing":
+        args[1] = str(tmp_path / "nowhere")
+    elif case == "not_llama":
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    elif case == "no_tokenizer":
+        (folder / "tokenizer.model").unlink()
+    elif case == "prompt_too_long":
+        args += ["--prompt", "the quick brown fox " * 100, "--max-new-tokens", "4"]
+    elif case == "cuda":
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU: --device cuda is valid here")
+        args[3] = "cuda"
+    proc = subprocess.run([sys.executable, "-m", "minila.generate", *args], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_real_model_compare(smollm2_dir, capsys):
+    out = run_json(capsys, "--ckpt", str(smollm2_dir), "--mode", "compare", "--max-new-tokens", "48",
+                   "--prompt", "List the first ten prime numbers, separated by commas.")
+    assert out["identical"] is True
+    assert out["text"].strip()
