@@ -24,7 +24,7 @@ import torch
 
 from minila.errors import MinilaError
 from minila.generation import Choose, Generation, OnTokens, StepStat, argmax, as_tensor, check_request
-from minila.layout import step_layout
+from minila.layout import candidate_tree, step_layout
 from minila.model import Transformer
 from minila.ngram_pool import NGramPool
 from minila.sampling import Sampler, SamplingConfig
@@ -110,21 +110,21 @@ def lookahead_generate(
         room = max_new_tokens - len(gen.tokens) - 1
         candidates = [c[:room] for c in pool.candidates(last)[: config.guess]] if room > 0 else []
         candidates = [c for c in candidates if c]
-        layout = step_layout(config.window, len(window.levels), [len(c) for c in candidates], device)
+        tree = candidate_tree(candidates)  # shared prefixes are fed once
+        layout = step_layout(config.window, len(window.levels), tree.parents, device)
 
-        tokens = torch.tensor(layout.pack(last, window.levels, candidates), device=device)  # (T,)
+        tokens = torch.tensor(layout.pack(last, window.levels, tree.tokens), device=device)  # (T,)
         # guesses may sit past the context's end; they only feed other guesses, never an emitted token
         positions = (cache.length + layout.depth).clamp_(max=last_position)  # (T,)
         logits = model(tokens, positions, cache, layout.mask, layout.logit_rows)  # (R, vocab)
 
         fresh = logits[layout.top].argmax(dim=-1).tolist()  # the window stays greedy
         verdict = verify(
-            choose(logits[0]), candidates, lambda j, k: choose(logits[layout.candidates[j].start + k])
+            choose(logits[0]), candidates, lambda j, k: choose(logits[layout.first_node_logit + tree.paths[j][k]])
         )
         kept = [0]  # `last`, then the matched tokens of the winner
         if verdict.candidate is not None:
-            rows = layout.candidate_rows[verdict.candidate]
-            kept += list(range(rows.start, rows.start + verdict.matched))
+            kept += [layout.first_node_row + node for node in tree.paths[verdict.candidate][: verdict.matched]]
         cache.commit(kept)
 
         pool.add_all(window.ngrams(last, fresh))

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minila.layout import LAST, LOOKAHEAD, VERIFY, step_layout
+from minila.layout import LAST, LOOKAHEAD, VERIFY, candidate_tree, chains, step_layout
 from minila.masks import ancestor_mask, depths
 
 # The paper's mask figure (W=5, N=4, G=2), drawn by hand from the rule.
@@ -39,7 +39,7 @@ PAPER_POSITIONS = [0, 1, 2, 3, 4, 1, 2, 3, 4, 5, 2, 3, 4, 5, 6, 1, 2, 3, 1, 2, 3
 
 
 def test_paper_figure():
-    layout = step_layout(window=5, levels=3, candidate_lens=[3, 3])
+    layout = step_layout(window=5, levels=3, tree_parents=chains([3, 3]))
     rows = PAPER_FIGURE.split()
     assert all(len(r) == 21 for r in rows) and len(rows) == 21
     expected = torch.tensor([[c == "x" for c in r] for r in rows])
@@ -87,7 +87,7 @@ layouts = st.tuples(
 @given(layouts)
 def test_mask_matches_rule(shape):
     window, levels, cand = shape
-    layout = step_layout(window, levels, cand)
+    layout = step_layout(window, levels, chains(cand))
     rows = describe(window, levels, cand)
     assert layout.size == len(rows)
     expected = torch.tensor([[sees(a, b) for b in rows] for a in rows])
@@ -104,21 +104,42 @@ def test_mask_matches_rule(shape):
 @given(layouts)
 def test_named_slices(shape):
     window, levels, cand = shape
-    layout = step_layout(window, levels, cand)
+    layout = step_layout(window, levels, chains(cand))
     rows = describe(window, levels, cand)
     logit_rows = layout.logit_rows.tolist()
     assert logit_rows[0] == 0  # the first emitted token comes from `last`
+    assert len(logit_rows) == len(set(logit_rows))
     top = [rows[r] for r in logit_rows[layout.top]]
     if levels == 1:  # block 0 is the top level: `last` and the level-0 guesses
         assert top == rows[:window]
     else:
         assert top == [("win", levels - 1, c) for c in range(window)]
-    for j, (in_logits, in_step) in enumerate(zip(layout.candidates, layout.candidate_rows)):
-        assert logit_rows[in_logits] == list(range(in_step.start, in_step.stop))
-        assert [rows[r] for r in range(in_step.start, in_step.stop)] == [("cand", j, k) for k in range(cand[j])]
-    assert len(logit_rows) == len(set(logit_rows))
-    top_level = layout.level_rows(levels - 1)
-    assert logit_rows[layout.top] == list(range(top_level.start, top_level.stop))
+    nodes = [("cand", j, k) for j, n in enumerate(cand) for k in range(n)]
+    for i, node in enumerate(nodes):
+        assert rows[layout.first_node_row + i] == node
+        assert logit_rows[layout.first_node_logit + i] == layout.first_node_row + i
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=5), max_size=8))
+def test_candidate_tree_shares_prefixes(candidates):
+    tree = candidate_tree(candidates)
+    # every candidate is read back along its path, each node one token deeper
+    for cand, path in zip(candidates, tree.paths):
+        assert [tree.tokens[n] for n in path] == list(cand)
+        assert [tree.parents[n] for n in path] == [-1, *path[:-1]]
+    # one node per distinct prefix: nothing fed twice, nothing missing
+    prefixes = {tuple(c[: k + 1]) for c in candidates for k in range(len(c))}
+    assert len(tree.tokens) == len(prefixes)
+    assert all(p < i for i, p in enumerate(tree.parents))
+    # the mask makes a node see exactly `last` and its own prefix
+    layout = step_layout(2, 1, tree.parents)
+    for cand, path in zip(candidates, tree.paths):
+        for k, node in enumerate(path):
+            row = layout.first_node_row + node
+            seen = set(layout.mask[row].nonzero().flatten().tolist())
+            assert seen == {0} | {layout.first_node_row + n for n in path[: k + 1]}
+            assert int(layout.depth[row]) == k + 1
 
 
 @settings(max_examples=40, deadline=None)
@@ -137,7 +158,7 @@ def test_ancestor_mask_is_transitive_closure(raw):
 
 
 def test_pack_checks_size():
-    layout = step_layout(3, 2, [2])
-    assert layout.pack(7, [[1, 2], [3, 4, 5]], [[6, 8]]) == [7, 1, 2, 3, 4, 5, 6, 8]
+    layout = step_layout(3, 2, chains([2]))
+    assert layout.pack(7, [[1, 2], [3, 4, 5]], [6, 8]) == [7, 1, 2, 3, 4, 5, 6, 8]
     with pytest.raises(ValueError, match="layout"):
-        layout.pack(7, [[1, 2]], [[6, 8]])
+        layout.pack(7, [[1, 2]], [6, 8])
