@@ -26,7 +26,7 @@ from minila.errors import MinilaError
 from minila.generation import Choose, Generation, OnTokens, StepStat, argmax, as_tensor, check_request
 from minila.layout import candidate_tree, step_layout
 from minila.model import Transformer
-from minila.ngram_pool import NGramPool
+from minila.ngram_pool import ContextLookup, NGramPool
 from minila.sampling import Sampler, SamplingConfig
 from minila.verify import verify
 from minila.window import LookaheadWindow
@@ -43,6 +43,7 @@ class LookaheadConfig:
     warmup: str = "fill"  # "fill": one level per step (reference); "seed": all at once
     pool_from_prompt: bool = True  # seed the pool with the prompt's n-grams
     pool_from_output: bool = True  # and with the accepted output's
+    copy: int = 0  # also verify a prompt-lookup candidate of this many tokens (0: off)
 
     def __post_init__(self) -> None:
         for name, low in (("window", 1), ("ngram", 2), ("guess", 0)):
@@ -103,12 +104,17 @@ def lookahead_generate(
     if config.pool_from_output:  # n-grams that end in output tokens
         pool.add_sequence(context, start=len(prompt_ids) - config.ngram + 1)
 
+    lookup = ContextLookup()
+    lookup.extend(context)
     while not gen.done(max_new_tokens):
         start = time.perf_counter()
         last = context[-1]
         # a candidate longer than the remaining budget - 1 cannot pay off: trim it
         room = max_new_tokens - len(gen.tokens) - 1
-        candidates = [c[:room] for c in pool.candidates(last)[: config.guess]] if room > 0 else []
+        candidates = pool.candidates(last)[: config.guess]
+        if config.copy:
+            candidates = [lookup.continuation(config.copy)] + candidates
+        candidates = [c[:room] for c in candidates] if room > 0 else []
         candidates = [c for c in candidates if c]
         tree = candidate_tree(candidates)  # shared prefixes are fed once
         layout = step_layout(config.window, len(window.levels), tree.parents, device)
@@ -132,6 +138,7 @@ def lookahead_generate(
         emitted = gen.emit(verdict.tokens, eos_ids, max_new_tokens)
         n_before = len(context)
         context.extend(emitted)
+        lookup.extend(emitted)
         if config.pool_from_output:
             pool.add_sequence(context, start=n_before - config.ngram + 1)
         gen.stats.append(

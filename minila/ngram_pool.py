@@ -58,3 +58,32 @@ class NGramPool:
     def __contains__(self, ngram: Sequence[int]) -> bool:
         key, *rest = ngram
         return tuple(rest) in self._pool.get(key, ())
+
+
+class ContextLookup:
+    """Prompt-lookup candidates: where the last few tokens occurred before in the
+    prompt or the output, propose what followed them there (copying is common in code
+    and in answers that quote the question). Indexes every 1..max_match-gram by the
+    positions where it ends, so a query costs a dictionary lookup."""
+
+    def __init__(self, max_match: int = 3) -> None:
+        self.max_match = max_match
+        self.tokens: list[int] = []
+        self._ends: dict[tuple[int, ...], int] = {}  # n-gram -> latest index where it ends
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        for tok in tokens:
+            # index the n-grams ending at the *previous* token: the latest one must have a successor
+            end = len(self.tokens) - 1
+            for n in range(1, self.max_match + 1):
+                if end - n + 1 >= 0:
+                    self._ends[tuple(self.tokens[end - n + 1 : end + 1])] = end
+            self.tokens.append(tok)
+
+    def continuation(self, length: int) -> list[int]:
+        """Up to `length` tokens that followed the longest recent match of the context's tail."""
+        for n in range(min(self.max_match, len(self.tokens)), 0, -1):
+            end = self._ends.get(tuple(self.tokens[-n:]))
+            if end is not None:
+                return self.tokens[end + 1 : end + 1 + length]
+        return []

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minila.ngram_pool import NGramPool
+from minila.ngram_pool import ContextLookup, NGramPool
 from minila.verify import verify, verify_greedy
 from minila.window import LookaheadWindow
 
@@ -149,3 +149,25 @@ def test_verify_reads_only_surviving_rows():
     verdict = verify(1, [[1, 2], [0, 0], [1, 2]], token_after)
     assert verdict.tokens == [1, 2, 3] and verdict.candidate == 0
     assert read == [(0, 0), (0, 1)]  # never a row of a candidate that already failed
+
+
+# ---------------------------------------------------------------- context lookup
+
+
+def brute_continuation(tokens, length, max_match):
+    for n in range(min(max_match, len(tokens)), 0, -1):
+        tail = tokens[-n:]
+        for end in range(len(tokens) - 2, n - 2, -1):  # latest earlier occurrence first
+            if tokens[end - n + 1 : end + 1] == tail:
+                return tokens[end + 1 : end + 1 + length]
+    return []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(tok, max_size=6), max_size=6), st.integers(1, 6), st.integers(1, 3))
+def test_context_lookup_matches_brute_force(chunks, length, max_match):
+    lookup, tokens = ContextLookup(max_match), []
+    for chunk in chunks:  # tokens arrive a step at a time
+        lookup.extend(chunk)
+        tokens += chunk
+        assert lookup.continuation(length) == brute_continuation(tokens, length, max_match)
