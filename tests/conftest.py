@@ -19,6 +19,15 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_autotune_cache(tmp_path_factory: pytest.TempPathFactory):
+    """autotune keeps its cost curves in ~/.cache/minila; tests keep theirs to themselves."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MINILA_CACHE", str(tmp_path_factory.mktemp("minila-cache")))
+    yield
+    mp.undo()
+
+
 # ------------------------------------------------------------------------- the real model
 
 

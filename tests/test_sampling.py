@@ -8,11 +8,11 @@ from collections import Counter
 
 import pytest
 import torch
+from helpers import tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minila.lookahead
-from helpers import tiny_model
 from minila import LookaheadConfig, MinilaError, SamplingConfig, greedy_generate, lookahead_generate, sample_generate
 from minila.generation import as_tensor
 from minila.sampling import Sampler, processed_probs

