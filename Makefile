@@ -39,11 +39,12 @@ $(CKPT)/model.safetensors: .venv/.installed minila/convert.py
 demo: weights
 	$(PY) -m minila.generate --ckpt $(CKPT) --prompt "$(PROMPT)" --mode compare
 
-test: weights
-	$(PY) -m pytest -q
+# every test and every tutorial notebook (executed by nbmake); CI runs exactly this
+test: weights bench-data
+	$(PY) -m pytest -q tests --nbmake tutorial
 
-test-quick: weights
-	$(PY) -m pytest -q -m "not slow"
+test-quick: weights bench-data
+	$(PY) -m pytest -q -m "not slow" tests
 
 lint: install
 	.venv/bin/ruff check minila tests tutorial/src

@@ -42,7 +42,7 @@ from minila.jacobi import jacobi_generate
 from minila.lookahead import LookaheadConfig, lookahead_generate
 from minila.model import Transformer
 
-DEFAULT_CONFIGS = ["greedy", "jacobi:8", "la:15,5,15", "la:5,4,5", "hf", "hf-pld"]
+DEFAULT_CONFIGS = ["greedy", "jacobi:8", "la:15,5,15", "la:auto", "hf", "hf-pld"]
 CONFIG_HELP = """\
 methods to run, space-separated (default: {default}):
   greedy        minila greedy decoding: the baseline, always run (added if missing)
@@ -284,13 +284,15 @@ def summarize(rows: list[dict]) -> list[dict]:
 # ------------------------------------------------------------------------- cost curve
 
 
-def cost_curve(model: Transformer, context: int = 200, repeats: int = 5) -> list[dict]:
+def cost_curve(
+    model: Transformer, context: int = 200, repeats: int = 5, widths: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
+) -> list[dict]:
     """Seconds for one forward of T new tokens with logits for all T rows, after a
     `context`-token cache, and its ratio to T=1 (autotune's measurement, as a table).
     A lookahead step feeding T tokens pays off only if it accepts more than the ratio."""
     if context < 1 or context + 1 >= model.args.max_seq_len:
         raise MinilaError(f"--cost-context {context} leaves no room in the model's context of {model.args.max_seq_len}")
-    curve = measure_cost_curve(model, context=context, repeats=repeats)
+    curve = measure_cost_curve(model, widths=tuple(widths), context=context, repeats=repeats)
     return [
         {"T": t, "seconds": curve.step_seconds(t, t), "relative": curve.relative(t, t)} for t in curve.widths
     ]

@@ -58,7 +58,7 @@ BF16_GAP = 0.25  # logits; a bf16 ulp at |logit| 16..32 is 0.125
 
 def test_bfloat16_divergences_happen_only_at_near_ties(smollm2_dir):
     model, tokenizer = load_checkpoint(smollm2_dir, device="cpu", dtype="bfloat16")
-    prompts = load_prompts("mtbench", tokenizer, limit=6)
+    prompts = load_prompts("mtbench", tokenizer, limit=4)
     config = LookaheadConfig(window=5, ngram=4, guess=5)
     diverged = 0
     for prompt in prompts:
@@ -69,12 +69,13 @@ def test_bfloat16_divergences_happen_only_at_near_ties(smollm2_dir):
             gaps.append(float(top2[0] - top2[1]))
             return int(logits.argmax())
 
-        greedy = autoregressive_generate(model, prompt.ids, 64, tokenizer.eos_ids, choose=argmax_recording_gap)
-        look = lookahead_generate(model, prompt.ids, 64, config, tokenizer.eos_ids)
+        greedy = autoregressive_generate(model, prompt.ids, 48, tokenizer.eos_ids, choose=argmax_recording_gap)
+        look = lookahead_generate(model, prompt.ids, 48, config, tokenizer.eos_ids)
         d = next((i for i, (a, b) in enumerate(zip(greedy.tokens, look.tokens)) if a != b), None)
         if d is not None:
             diverged += 1
             assert gaps[d] <= BF16_GAP, f"{prompt.name}: diverged at token {d} with a top-2 gap of {gaps[d]:.3f}"
+            print(f"{prompt.name}: bfloat16 lookahead left greedy's path at token {d}, top-2 gap {gaps[d]:.3f}")
         else:
             assert look.tokens == greedy.tokens
     print(f"bfloat16: {diverged} of {len(prompts)} prompts diverged from greedy (all at near-ties)")
