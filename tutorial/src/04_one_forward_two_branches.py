@@ -1,5 +1,7 @@
 # ---
 # jupyter:
+#   execution:
+#     timeout: 1800
 #   jupytext:
 #     text_representation:
 #       extension: .py
