@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -76,6 +77,44 @@ class Generation:
 
     def done(self, max_new_tokens: int) -> bool:
         return self.stop_reason == "eos" or len(self.tokens) >= max_new_tokens
+
+    def end_step(
+        self,
+        new: Sequence[int],
+        eos_ids: Sequence[int],
+        max_new_tokens: int,
+        start: float,
+        width: int,
+        on_tokens: OnTokens | None,
+        candidate: int | None = None,
+    ) -> list[int]:
+        """Close one forward pass: emit its tokens (see `emit`), record its StepStat
+        (timed from `start`, a perf_counter reading), and stream what was emitted."""
+        emitted = self.emit(new, eos_ids, max_new_tokens)
+        self.stats.append(StepStat(len(emitted), time.perf_counter() - start, width, candidate))
+        if on_tokens:
+            on_tokens(emitted)
+        return emitted
+
+
+def prefill(
+    model,
+    prompt_ids: Sequence[int],
+    cache,
+    gen: Generation,
+    eos_ids: Sequence[int],
+    max_new_tokens: int,
+    on_tokens: OnTokens | None,
+    choose: Choose = argmax,
+) -> list[int]:
+    """Step 1 of the parallel decoders: one causal forward of the prompt, committed to
+    the cache, gives the first token. Returns what it emitted."""
+    start = time.perf_counter()
+    device = model.device
+    positions = torch.arange(len(prompt_ids), device=device)
+    logits = model(as_tensor(prompt_ids, device), positions, cache, logits_for=torch.tensor([-1], device=device))
+    cache.commit()
+    return gen.end_step([choose(logits[0])], eos_ids, max_new_tokens, start, len(prompt_ids), on_tokens)
 
 
 def check_request(model, prompt_ids: Sequence[int], max_new_tokens: int, extra_rows: int = 0) -> int:

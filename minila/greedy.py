@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from minila.generation import Choose, Generation, OnTokens, StepStat, argmax, as_tensor, check_request
+from minila.generation import Choose, Generation, OnTokens, argmax, as_tensor, check_request
 from minila.model import Transformer
 
 
@@ -33,10 +33,7 @@ def autoregressive_generate(
         logits = model(tokens, positions, cache, logits_for=last_row)  # (1, vocab)
         cache.commit()
         nxt = choose(logits[0])
-        emitted = gen.emit([nxt], eos_ids, max_new_tokens)
-        gen.stats.append(StepStat(accepted=len(emitted), seconds=time.perf_counter() - start, width=tokens.shape[0]))
-        if on_tokens:
-            on_tokens(emitted)
+        gen.end_step([nxt], eos_ids, max_new_tokens, start, tokens.shape[0], on_tokens)
         if gen.done(max_new_tokens):
             return gen
         tokens = torch.tensor([nxt], device=model.device)

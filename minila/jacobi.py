@@ -27,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-from minila.generation import Generation, OnTokens, StepStat, as_tensor, check_request
+from minila.generation import Generation, OnTokens, as_tensor, check_request, prefill
 from minila.model import Transformer
 from minila.verify import verify
 
@@ -58,14 +58,7 @@ def jacobi_generate(
     device = model.device
     rng = random.Random(seed)
     gen = JacobiGeneration()
-    start = time.perf_counter()
-    # step 1, the prefill: a plain causal forward of the prompt gives the first token
-    logits = model(as_tensor(prompt_ids, device), torch.arange(len(prompt_ids), device=device), cache, logits_for=torch.tensor([-1]))
-    cache.commit()
-    emitted = gen.emit([int(logits[0].argmax())], eos_ids, max_new_tokens)
-    gen.stats.append(StepStat(accepted=len(emitted), seconds=time.perf_counter() - start, width=len(prompt_ids)))
-    if on_tokens:
-        on_tokens(emitted)
+    prefill(model, prompt_ids, cache, gen, eos_ids, max_new_tokens, on_tokens)
     guesses = rng.choices(list(prompt_ids), k=block - 1)  # for the positions after `last`
 
     while not gen.done(max_new_tokens):
@@ -80,8 +73,5 @@ def jacobi_generate(
         # the unconverged part of the update is the next guess; pad with its last token
         rest = update[verdict.matched + 1 :]
         guesses = (rest + [update[-1]] * block)[: block - 1]
-        emitted = gen.emit(verdict.tokens, eos_ids, max_new_tokens)
-        gen.stats.append(StepStat(accepted=len(emitted), seconds=time.perf_counter() - start, width=block))
-        if on_tokens:
-            on_tokens(emitted)
+        gen.end_step(verdict.tokens, eos_ids, max_new_tokens, start, block, on_tokens)
     return gen

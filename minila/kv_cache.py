@@ -54,12 +54,12 @@ class KVCache:
         if rows is None:
             self.length += self.pending
         else:
-            rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
-            n = rows.numel()
-            if n and (int(rows[-1]) >= self.pending or int(rows[0]) < 0 or (n > 1 and not bool((rows.diff() > 0).all()))):
-                raise ValueError(f"commit rows must be ascending indices below {self.pending}, got {rows.tolist()}")
-            if n and not (n == int(rows[-1]) + 1):  # not already the contiguous prefix 0..n-1
-                src = self.length + rows
+            rows = [int(r) for r in rows]  # a handful of ints: check them in Python, not on the device
+            if rows and (rows[0] < 0 or rows[-1] >= self.pending or any(a >= b for a, b in zip(rows, rows[1:]))):
+                raise ValueError(f"commit rows must be ascending indices below {self.pending}, got {rows}")
+            n = len(rows)
+            if n and rows[-1] != n - 1:  # not already the contiguous prefix 0..n-1
+                src = self.length + torch.tensor(rows, device=self.k.device)
                 dst = slice(self.length, self.length + n)
                 self.k[:, :, dst] = self.k[:, :, src]
                 self.v[:, :, dst] = self.v[:, :, src]

@@ -3,7 +3,7 @@
     prefill the prompt -> first token (step 1)
     repeat:
         candidates = pool[last]                       (verification branch)
-        layout     = step_layout(W, levels, |cands|)  (rows, positions, mask)
+        layout     = step_layout(W, levels, candidate tree)  (rows, positions, mask)
         logits     = model(one forward of last + window + candidates)
         fresh      = argmax of the window's top level (one Jacobi update)
         pool      += the window's W columns + fresh   (harvest)
@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 
 from minila.errors import MinilaError
-from minila.generation import Choose, Generation, OnTokens, StepStat, argmax, as_tensor, check_request
+from minila.generation import Choose, Generation, OnTokens, argmax, check_request, prefill
 from minila.layout import candidate_tree, step_layout
 from minila.model import Transformer
 from minila.ngram_pool import ContextLookup, NGramPool
@@ -86,16 +86,7 @@ def lookahead_generate(
     device = model.device
     gen = Generation()
 
-    # step 1, the prefill: a plain causal forward of the prompt gives the first token
-    start = time.perf_counter()
-    prompt = as_tensor(prompt_ids, device)
-    logits = model(prompt, torch.arange(len(prompt_ids), device=device), cache, logits_for=torch.tensor([-1]))
-    cache.commit()
-    emitted = gen.emit([choose(logits[0])], eos_ids, max_new_tokens)
-    gen.stats.append(StepStat(accepted=len(emitted), seconds=time.perf_counter() - start, width=len(prompt_ids)))
-    if on_tokens:
-        on_tokens(emitted)
-
+    emitted = prefill(model, prompt_ids, cache, gen, eos_ids, max_new_tokens, on_tokens, choose)
     context = list(prompt_ids) + emitted  # everything accepted so far; context[-1] is `last`
     window = LookaheadWindow(config.window, config.ngram, prompt_ids, config.seed, config.warmup)
     pool = NGramPool(config.ngram, config.guess)
@@ -135,20 +126,12 @@ def lookahead_generate(
 
         pool.add_all(window.ngrams(last, fresh))
         window.advance(fresh)
-        emitted = gen.emit(verdict.tokens, eos_ids, max_new_tokens)
+        emitted = gen.end_step(
+            verdict.tokens, eos_ids, max_new_tokens, start, layout.size, on_tokens, verdict.candidate
+        )
         n_before = len(context)
         context.extend(emitted)
         lookup.extend(emitted)
         if config.pool_from_output:
             pool.add_sequence(context, start=n_before - config.ngram + 1)
-        gen.stats.append(
-            StepStat(
-                accepted=len(emitted),
-                seconds=time.perf_counter() - start,
-                width=layout.size,
-                candidate=verdict.candidate,
-            )
-        )
-        if on_tokens:
-            on_tokens(emitted)
     return gen

@@ -55,10 +55,6 @@ class NGramPool:
     def __len__(self) -> int:
         return sum(len(v) for v in self._pool.values())
 
-    def __contains__(self, ngram: Sequence[int]) -> bool:
-        key, *rest = ngram
-        return tuple(rest) in self._pool.get(key, ())
-
 
 class ContextLookup:
     """Prompt-lookup candidates: where the last few tokens occurred before in the
