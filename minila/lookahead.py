@@ -46,20 +46,20 @@ class LookaheadConfig:
     copy: int = 0  # also verify a prompt-lookup candidate of this many tokens (0: off)
 
     def __post_init__(self) -> None:
-        for name, low in (("window", 1), ("ngram", 2), ("guess", 0)):
+        for name, low in (("window", 1), ("ngram", 2), ("guess", 0), ("copy", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise MinilaError(
                     f"LookaheadConfig.{name} must be an integer >= {low}, got {value!r} "
-                    "(W >= 1 columns, N >= 2 tokens per n-gram, G >= 0 candidates)"
+                    "(W >= 1 columns, N >= 2 tokens per n-gram, G >= 0 candidates, copy >= 0 tokens)"
                 )
         if self.warmup not in ("fill", "seed"):
             raise MinilaError(f"LookaheadConfig.warmup must be 'fill' or 'seed', got {self.warmup!r}")
 
     @property
     def step_tokens(self) -> int:
-        """Tokens fed per step once warmed up: last + window + candidates."""
-        return 1 + (self.window - 1) + (self.ngram - 2) * self.window + self.guess * (self.ngram - 1)
+        """The most tokens a step feeds: last + window + candidates (when none share a prefix)."""
+        return 1 + (self.window - 1) + (self.ngram - 2) * self.window + self.guess * (self.ngram - 1) + self.copy
 
 
 @torch.inference_mode()

@@ -22,6 +22,7 @@ configs = st.builds(
     warmup=st.sampled_from(["fill", "seed"]),
     pool_from_prompt=st.booleans(),
     pool_from_output=st.booleans(),
+    copy=st.sampled_from([0, 0, 1, 3, 10]),
 )
 
 
@@ -58,7 +59,8 @@ def test_lookahead_equals_greedy(model, config, data):
     assert look.tokens == greedy.tokens
     assert look.stop_reason == greedy.stop_reason
     assert sum(look.accepted) == len(look.tokens) and look.steps <= greedy.steps
-    assert all(1 <= a <= config.ngram for a in look.accepted[1:] if a)
+    assert all(1 <= a <= max(config.ngram, config.copy + 1) for a in look.accepted[1:] if a)
+    assert max((s.width for s in look.stats[1:]), default=0) <= config.step_tokens  # the cache reserves this many rows
 
 
 @pytest.mark.slow
@@ -161,7 +163,7 @@ def test_positions_past_the_context_end():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(window=0), dict(ngram=1), dict(guess=-1), dict(window=2.5), dict(ngram=True), dict(warmup="x")]
+    "kwargs", [dict(window=0), dict(ngram=1), dict(guess=-1), dict(window=2.5), dict(ngram=True), dict(warmup="x"), dict(copy=-1)]
 )
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(MinilaError):
