@@ -1,9 +1,9 @@
-"""Choosing W, N, G for the machine at hand: speed = compression / step cost.
+"""Choosing W, N, G (and copy) for the machine at hand: speed = compression / step cost.
 
 A lookahead step feeds T tokens (last + window + candidate tree) and computes logits
 for R of them; it emits S tokens on average. Greedy decoding feeds 1 and emits 1. So
 
-    speedup(W, N, G) = S(W, N, G) / c(T, R),   c(T, R) = time of the step / time of a greedy step.
+    speedup = S(W, N, G, copy) / c(T, R),   c(T, R) = time of the step / time of a greedy step.
 
 The two factors come from different places:
 
@@ -18,10 +18,13 @@ The two factors come from different places:
 - S is a property of the model and the text. We use compressions measured by
   `minila.bench` with SmolLM2-135M-Instruct on MT-bench and HumanEval prompts (the
   table below, the mean of the two); for another model they are a prior, not a law.
+  A prompt-lookup candidate (copy = 10 tokens copied from where the context's tail
+  occurred before) raises S most per token fed: code and answers that quote the
+  question repeat themselves, and a window of guesses is expensive on a CPU.
 
 `choose_config` returns the measured configuration with the best S / c; the plain
-window (1, 2, 0) is greedy decoding at greedy cost, so auto never picks something it
-expects to be slower than greedy.
+window (1, 2, 0, 0) is greedy decoding at greedy cost, so auto never picks something
+it expects to be slower than greedy.
 """
 
 from __future__ import annotations
@@ -39,22 +42,30 @@ import torch
 from minila.lookahead import LookaheadConfig
 from minila.model import Transformer
 
-# (W, N, G) -> (mean compression S, mean tokens fed per step T), measured with
+# (W, N, G, copy) -> (mean compression S, mean tokens fed per step T), measured with
 # lookahead_generate on SmolLM2-135M-Instruct, float32, 128 new tokens, the first 6
-# MT-bench and 6 HumanEval prompts (W=15: the first 5 and 4); the mean of the two sets.
-# T counts the candidate tree after prefix sharing, so it is below the nominal width.
-ACCEPTANCE: dict[tuple[int, int, int], tuple[float, float]] = {
-    (1, 2, 0): (1.0, 1.0),  # greedy decoding in lookahead's clothes
-    (2, 3, 2): (1.593, 6.3),  # MT-bench 1.29, HumanEval 1.90
-    (3, 3, 3): (1.667, 9.1),  # MT-bench 1.35, HumanEval 1.99
-    (2, 4, 3): (1.756, 10.3),  # MT-bench 1.37, HumanEval 2.15
-    (3, 4, 2): (1.741, 12.3),  # MT-bench 1.40, HumanEval 2.08
-    (1, 4, 3): (1.680, 7.2),  # MT-bench 1.25, HumanEval 2.11
-    (1, 5, 5): (1.831, 11.2),  # MT-bench 1.28, HumanEval 2.38
-    (4, 4, 4): (1.859, 17.2),  # MT-bench 1.50, HumanEval 2.22
-    (5, 4, 5): (1.906, 21.1),  # MT-bench 1.52, HumanEval 2.30
-    (5, 5, 5): (1.994, 27.7),  # MT-bench 1.51, HumanEval 2.48
-    (15, 5, 15): (2.186, 74.8),  # MT-bench 1.69, HumanEval 2.68; T from HumanEval (not recorded for MT-bench)
+# MT-bench and 6 HumanEval prompts (W=15 without copy: the first 5 and 4); the mean of
+# the two sets. T counts the candidate tree after prefix sharing, so it is below the
+# nominal width. copy = K adds a prompt-lookup candidate of K tokens (ContextLookup).
+ACCEPTANCE: dict[tuple[int, int, int, int], tuple[float, float]] = {
+    (1, 2, 0, 0): (1.0, 1.0),  # greedy decoding in lookahead's clothes
+    (2, 3, 2, 0): (1.593, 6.3),  # MT-bench 1.29, HumanEval 1.90
+    (3, 3, 3, 0): (1.667, 9.1),  # MT-bench 1.35, HumanEval 1.99
+    (2, 4, 3, 0): (1.756, 10.3),  # MT-bench 1.37, HumanEval 2.15
+    (3, 4, 2, 0): (1.741, 12.3),  # MT-bench 1.40, HumanEval 2.08
+    (1, 4, 3, 0): (1.680, 7.2),  # MT-bench 1.25, HumanEval 2.11
+    (1, 5, 5, 0): (1.831, 11.2),  # MT-bench 1.28, HumanEval 2.38
+    (4, 4, 4, 0): (1.859, 17.2),  # MT-bench 1.50, HumanEval 2.22
+    (5, 4, 5, 0): (1.906, 21.1),  # MT-bench 1.52, HumanEval 2.30
+    (5, 5, 5, 0): (1.994, 27.7),  # MT-bench 1.51, HumanEval 2.48
+    (15, 5, 15, 0): (2.186, 74.8),  # MT-bench 1.69, HumanEval 2.68; T from HumanEval (not recorded for MT-bench)
+    (1, 2, 0, 10): (1.926, 5.7),  # MT-bench 1.34, HumanEval 2.52: prompt lookup alone
+    (1, 4, 3, 10): (2.084, 10.1),  # MT-bench 1.38, HumanEval 2.79
+    (2, 4, 3, 10): (2.158, 13.3),  # MT-bench 1.49, HumanEval 2.83
+    (1, 5, 5, 10): (2.191, 13.5),  # MT-bench 1.39, HumanEval 2.99
+    (1, 2, 0, 5): (1.725, 3.7),  # MT-bench 1.30, HumanEval 2.15
+    (5, 5, 5, 10): (2.384, 29.7),  # MT-bench 1.63, HumanEval 3.14
+    (15, 5, 15, 10): (2.517, 75.6),  # MT-bench 1.78, HumanEval 3.25
 }
 
 
@@ -144,19 +155,18 @@ def cost_curve_for(model: Transformer) -> CostCurve:
     return curve
 
 
-def predicted_speedup(curve: CostCurve, window: int, ngram: int, guess: int) -> float:
-    s, tokens = ACCEPTANCE[(window, ngram, guess)]
+def predicted_speedup(curve: CostCurve, window: int, ngram: int, guess: int, copy: int = 0) -> float:
+    s, tokens = ACCEPTANCE[(window, ngram, guess, copy)]
     nodes = max(tokens - window * (ngram - 1), 0)  # what is fed beyond `last` and the window
     logit_rows = (0 if ngram == 2 else 1) + window + nodes  # `last` (unless in the top level), top level, candidates
     return s / curve.relative(tokens, logit_rows)
 
 
 def choose_config(curve: CostCurve, seed: int = 0) -> LookaheadConfig:
-    best = max(ACCEPTANCE, key=lambda wng: predicted_speedup(curve, *wng))
-    window, ngram, guess = best
-    return LookaheadConfig(window=window, ngram=ngram, guess=guess, seed=seed)
+    window, ngram, guess, copy = max(ACCEPTANCE, key=lambda setting: predicted_speedup(curve, *setting))
+    return LookaheadConfig(window=window, ngram=ngram, guess=guess, copy=copy, seed=seed)
 
 
 def auto_config(model: Transformer, seed: int = 0) -> LookaheadConfig:
-    """W, N, G for this model on this device and dtype (see the module docstring)."""
+    """W, N, G and copy for this model on this device and dtype (see the module docstring)."""
     return choose_config(cost_curve_for(model), seed)

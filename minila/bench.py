@@ -42,12 +42,13 @@ from minila.jacobi import jacobi_generate
 from minila.lookahead import LookaheadConfig, lookahead_generate
 from minila.model import Transformer
 
-DEFAULT_CONFIGS = ["greedy", "jacobi:8", "la:15,5,15", "la:auto", "hf", "hf-pld"]
+DEFAULT_CONFIGS = ["greedy", "jacobi:8", "la:15,5,15", "la:15,5,15,10", "la:auto", "hf", "hf-pld"]
 CONFIG_HELP = """\
 methods to run, space-separated (default: {default}):
   greedy        minila greedy decoding: the baseline, always run (added if missing)
   jacobi:K      plain Jacobi decoding with a block of K tokens (jacobi = jacobi:8)
-  la:W,N,G      lookahead decoding, window W, n-gram size N, G candidates (la = la:5,4,5)
+  la:W,N,G[,C]  lookahead decoding, window W, n-gram size N, G candidates, and a
+                prompt-lookup candidate of C tokens (default 0: none; la = la:5,4,5)
   la:auto       lookahead with settings chosen for the model and device
   hf            transformers generate(do_sample=False)
   hf-pld[:K]    transformers prompt-lookup decoding, K tokens per guess (default 10)""".format(
@@ -100,12 +101,12 @@ def parse_config(spec: str) -> Method:
     if kind in ("la", "lookahead"):
         if arg == "auto":
             return Method(spec, "lookahead", ())  # no params: resolved by auto_lookahead_config
-        return Method(spec, "lookahead", _ints(spec, arg, 3) if arg else (5, 4, 5))
+        return Method(spec, "lookahead", _ints(spec, arg, 4 if arg.count(",") == 3 else 3) if arg else (5, 4, 5))
     if kind == "hf" and not arg:
         return Method(spec, "hf")
     if kind == "hf-pld":
         return Method(spec, "hf-pld", _ints(spec, arg, 1) if arg else (10,))
-    raise MinilaError(f"unknown config {spec!r}; use greedy, jacobi:K, la:W,N,G, la:auto, hf or hf-pld[:K]")
+    raise MinilaError(f"unknown config {spec!r}; use greedy, jacobi:K, la:W,N,G[,C], la:auto, hf or hf-pld[:K]")
 
 
 def parse_configs(specs: Sequence[str]) -> list[Method]:
@@ -205,8 +206,12 @@ def build_decoders(methods, model, tokenizer, ckpt, seed: int) -> tuple[dict[str
             block = m.params[0]
             decoders[m.name] = minila_decoder(model, lambda ids, k, b=block: jacobi_generate(model, ids, k, b, eos, seed))
         elif m.kind == "lookahead":
-            config = LookaheadConfig(*m.params, seed=seed) if m.params else auto_lookahead_config(model, seed)
-            info[m.name] = {"window": config.window, "ngram": config.ngram, "guess": config.guess}
+            if m.params:
+                window, ngram, guess, *copy = m.params
+                config = LookaheadConfig(window, ngram, guess, copy=copy[0] if copy else 0, seed=seed)
+            else:
+                config = auto_lookahead_config(model, seed)
+            info[m.name] = {"window": config.window, "ngram": config.ngram, "guess": config.guess, "copy": config.copy}
             decoders[m.name] = minila_decoder(
                 model, lambda ids, k, c=config: lookahead_generate(model, ids, k, c, eos)
             )
@@ -269,15 +274,17 @@ def summarize(rows: list[dict]) -> list[dict]:
         seconds = sum(r["seconds"] for r in mine)
         decode_steps = sum(r["steps"] - 1 for r in mine)
         out.append({
-            "method": name, "prompts": len(mine), "tokens": tokens, "steps": steps, "seconds": round(seconds, 4),
+            "method": name, "prompts": len(mine), "tokens": tokens, "steps": steps, "seconds": seconds,
             "S": tokens / steps, "S_mean": statistics.fmean(r["tokens"] / r["steps"] for r in mine),
             "fed_per_step": sum(r["fed"] for r in mine) / decode_steps if decode_steps else None,
             "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
             "identical": sum(r["identical"] for r in mine),
         })  # fmt: skip
-    base = next(s for s in out if s["method"] == "greedy")["tokens_per_second"]
+    greedy = next(s for s in out if s["method"] == "greedy")
     for s in out:
-        s["speedup"] = s["tokens_per_second"] / base if base else 0.0
+        s["speedup"] = s["tokens_per_second"] / greedy["tokens_per_second"] if greedy["tokens_per_second"] else 0.0
+        # the price of one step in greedy steps: speedup = S / step_cost
+        s["step_cost"] = (s["seconds"] / s["steps"]) / (greedy["seconds"] / greedy["steps"]) if greedy["seconds"] else 0.0
     return out
 
 
@@ -312,23 +319,28 @@ def markdown(meta: dict, summary: list[dict] | None, curve: list[dict] | None) -
         lines += [
             f"{n} prompts, at most {meta['max_new_tokens']} new tokens, {meta['date']}, {meta['machine']}",
             "",
-            "| method | S | S per prompt | fed/step | tok/s | speedup | identical | tokens | steps | seconds |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| method | S | S per prompt | fed/step | step cost | tok/s | speedup | identical | tokens | steps | seconds |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for s in summary:
             fed = f"{s['fed_per_step']:.1f}" if s["fed_per_step"] is not None else "-"
             lines.append(
-                f"| {s['method']} | {s['S']:.2f} | {s['S_mean']:.2f} | {fed} | {s['tokens_per_second']:.1f} | "
-                f"{s['speedup']:.2f}x | {s['identical']}/{s['prompts']} | {s['tokens']} | {s['steps']} | {s['seconds']:.1f} |"
+                f"| {s['method']} | {s['S']:.2f} | {s['S_mean']:.2f} | {fed} | {s['step_cost']:.2f} | "
+                f"{s['tokens_per_second']:.1f} | {s['speedup']:.2f}x | {s['identical']}/{s['prompts']} | "
+                f"{s['tokens']} | {s['steps']} | {s['seconds']:.1f} |"
             )
         lines += [
             "",
             "S = total new tokens / total forward passes (prefill included; greedy = 1). S per prompt: the mean "
-            "of each prompt's S. fed/step: mean tokens fed per forward after the prefill. tok/s: total tokens / "
+            "of each prompt's S. fed/step: mean tokens fed per forward after the prefill. step cost: seconds per "
+            "forward over greedy's (prefill included), so speedup = S / step cost. tok/s: total tokens / "
             "total wall-clock seconds. speedup: tok/s over minila greedy's. identical: outputs equal to minila "
             "greedy's, token for token. Peers (hf*): transformers generate; their forward passes are counted "
             "by a hook on the model, their output cut at the first EOS and at the budget.",
         ]
+        chosen = (meta.get("lookahead") or {}).get("la:auto")
+        if chosen:
+            lines += ["", "la:auto chose " + ", ".join(f"{k}={v}" for k, v in chosen.items()) + " on this machine."]
     if curve:
         lines += ["", f"## Cost of one forward of T tokens after a {meta['cost_context']}-token cache", ""]
         lines += ["| T | " + " | ".join(str(r["T"]) for r in curve) + " |", "| --- " * (len(curve) + 1) + "|"]

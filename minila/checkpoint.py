@@ -247,9 +247,11 @@ def build_model(args: ModelArgs, state: dict[str, torch.Tensor], device: torch.d
 
 
 def load_checkpoint(
-    path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "float32"
+    path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "float32", pack: bool = True
 ) -> tuple[Transformer, Tokenizer]:
-    """Load an HF-format Llama folder: returns (model in eval mode, tokenizer)."""
+    """Load an HF-format Llama folder: returns (model in eval mode, tokenizer).
+    `pack`: pre-pack the matrices for fast CPU inference in float32 (Transformer.pack_weights;
+    it doubles the weights' memory)."""
     folder = Path(path)
     if not folder.is_dir():
         raise MinilaError(f"checkpoint folder {folder} does not exist; run `make weights` or pass --ckpt DIR")
@@ -265,4 +267,6 @@ def load_checkpoint(
             "the tokenizer files belong to another model"
         )
     model = build_model(args, load_state_dict(folder, dt, dev), dev)
+    if pack:
+        model.pack_weights()
     return model, tokenizer

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import asdict
 from typing import Callable
 
 import torch
@@ -39,9 +40,9 @@ def int_or_auto(text: str) -> int | str:
 
 
 def lookahead_config(args: argparse.Namespace, model=None) -> LookaheadConfig:
-    """W, N, G from the options; 'auto' ones from `autotune` (which needs the model:
-    without it, they are validated with placeholder values)."""
-    chosen = {"window": args.window, "ngram": args.ngram, "guess": args.guess}
+    """W, N, G and copy from the options; 'auto' ones from `autotune` (which needs the
+    model: without it, they are validated with placeholder values)."""
+    chosen = {"window": args.window, "ngram": args.ngram, "guess": args.guess, "copy": args.copy}
     if "auto" in chosen.values():
         auto = auto_config(model, args.seed) if model is not None else LookaheadConfig()
         chosen = {k: getattr(auto, k) if v == "auto" else v for k, v in chosen.items()}
@@ -56,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--window", "-W", type=int_or_auto, default="auto", help="lookahead window W (Jacobi: block size)")
     p.add_argument("--ngram", "-N", type=int_or_auto, default="auto", help="n-gram size N")
     p.add_argument("--guess", "-G", type=int_or_auto, default="auto", help="candidates verified per step G")
+    p.add_argument("--copy", type=int_or_auto, default="auto",
+                   help="also verify a prompt-lookup candidate of this many tokens (0: off)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seeds the window (and sampling)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -142,12 +145,12 @@ def run(args: argparse.Namespace) -> dict:
         gen = decode(args.mode, stream=not args.json)
         result = {"mode": args.mode, "text": tokenizer.decode(gen.tokens, skip_special_tokens=True), **summary(gen)}
         if config is not None:
-            result["config"] = {"window": config.window, "ngram": config.ngram, "guess": config.guess}
+            result["config"] = asdict(config)
         if not args.json:
             print(
                 f"[{args.mode}] {len(gen.tokens)} new tokens in {gen.steps} steps "
                 f"(compression {gen.compression:.2f}), {gen.seconds:.2f} s, {gen.tokens_per_second:.1f} tok/s"
-                + (f", W={config.window} N={config.ngram} G={config.guess}" if config else "")
+                + (f", {config.label}" if config else "")
             )
         return result
 
@@ -163,13 +166,13 @@ def run(args: argparse.Namespace) -> dict:
         "first_divergence": div,
         "speedup": round(speedup, 3),
         "greedy": summary(greedy),
-        "config": {"window": config.window, "ngram": config.ngram, "guess": config.guess},
+        "config": asdict(config),
     }
     if not args.json:
         print(
             f"[greedy]    {len(greedy.tokens)} tokens, {greedy.steps} steps, {greedy.tokens_per_second:.1f} tok/s\n"
             f"[lookahead] {len(look.tokens)} tokens, {look.steps} steps (compression {look.compression:.2f}), "
-            f"{look.tokens_per_second:.1f} tok/s, W={config.window} N={config.ngram} G={config.guess}\n"
+            f"{look.tokens_per_second:.1f} tok/s, {config.label}\n"
             f"identical to greedy: {'yes' if div is None else f'NO, first divergence at token {div}'}; "
             f"speedup {speedup:.2f}x"
         )

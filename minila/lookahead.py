@@ -2,7 +2,7 @@
 
     prefill the prompt -> first token (step 1)
     repeat:
-        candidates = pool[last]                       (verification branch)
+        candidates = pool[last] (+ a copied continuation if copy > 0)   (verification branch)
         layout     = step_layout(W, levels, candidate tree)  (rows, positions, mask)
         logits     = model(one forward of last + window + candidates)
         fresh      = argmax of the window's top level (one Jacobi update)
@@ -55,6 +55,11 @@ class LookaheadConfig:
                 )
         if self.warmup not in ("fill", "seed"):
             raise MinilaError(f"LookaheadConfig.warmup must be 'fill' or 'seed', got {self.warmup!r}")
+
+    @property
+    def label(self) -> str:
+        """W=15 N=5 G=15 (and copy=K when on), for messages and tables."""
+        return f"W={self.window} N={self.ngram} G={self.guess}" + (f" copy={self.copy}" if self.copy else "")
 
     @property
     def step_tokens(self) -> int:

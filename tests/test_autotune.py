@@ -32,20 +32,20 @@ def test_flat_cost_picks_the_best_compression():
     gpu_like = curve(lambda t: 1.0)
     best = max(ACCEPTANCE, key=lambda k: ACCEPTANCE[k][0])
     config = choose_config(gpu_like)
-    assert (config.window, config.ngram, config.guess) == best
+    assert (config.window, config.ngram, config.guess, config.copy) == best
 
 
 def test_steep_cost_falls_back_to_greedy_cost():
     # a step of T tokens costs T greedy steps: nothing that feeds more than one token pays
     config = choose_config(curve(lambda t: float(t), head=1.0))
-    assert (config.window, config.ngram, config.guess) == (1, 2, 0)
-    assert predicted_speedup(curve(lambda t: float(t), head=1.0), 1, 2, 0) == pytest.approx(1.0)
+    assert (config.window, config.ngram, config.guess, config.copy) == (1, 2, 0, 0)
+    assert predicted_speedup(curve(lambda t: float(t), head=1.0), 1, 2, 0, 0) == pytest.approx(1.0)
 
 
 def test_choice_maximises_predicted_speedup():
     cpu_like = curve(lambda t: 1.0 + 0.03 * t, head=0.004)
     config = choose_config(cpu_like)
-    chosen = predicted_speedup(cpu_like, config.window, config.ngram, config.guess)
+    chosen = predicted_speedup(cpu_like, config.window, config.ngram, config.guess, config.copy)
     assert all(chosen >= predicted_speedup(cpu_like, *k) for k in ACCEPTANCE)
 
 

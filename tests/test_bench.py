@@ -107,7 +107,7 @@ def test_real_datasets():
 
 
 def test_configs():
-    methods = parse_configs(["la:15,5,15", "jacobi", "hf-pld", "hf-pld:4", "la"])
+    methods = parse_configs(["la:15,5,15", "jacobi", "hf-pld", "hf-pld:4", "la", "la:1,4,3,10"])
     assert [(m.name, m.kind, m.params) for m in methods] == [
         ("greedy", "greedy", ()),  # the baseline is always there
         ("la:15,5,15", "lookahead", (15, 5, 15)),
@@ -115,8 +115,9 @@ def test_configs():
         ("hf-pld", "hf-pld", (10,)),
         ("hf-pld:4", "hf-pld", (4,)),
         ("la", "lookahead", (5, 4, 5)),
+        ("la:1,4,3,10", "lookahead", (1, 4, 3, 10)),
     ]
-    for bad in ("la:5,4", "la:5,-4,5", "jacobi:x", "jacobi:0", "hf-pld:0", "beam", "hf:3"):
+    for bad in ("la:5,4", "la:1,2,3,4,5", "la:5,-4,5", "jacobi:x", "jacobi:0", "hf-pld:0", "beam", "hf:3"):
         with pytest.raises(MinilaError, match="config"):
             parse_configs([bad])
     with pytest.raises(MinilaError, match="twice"):
@@ -148,8 +149,11 @@ def test_cut_follows_minilas_stopping_rule():
 def test_runner_rows_and_summary(one_thread):
     model = tiny_model(3, vocab=64, max_seq_len=160)
     tok = FakeTokenizer()
-    decoders, info = build_decoders(parse_configs(["jacobi:4", "la:3,3,3"]), model, tok, None, seed=0)
-    assert info == {"la:3,3,3": {"window": 3, "ngram": 3, "guess": 3}}
+    decoders, info = build_decoders(parse_configs(["jacobi:4", "la:3,3,3", "la:2,3,2,6"]), model, tok, None, seed=0)
+    assert info == {
+        "la:3,3,3": {"window": 3, "ngram": 3, "guess": 3, "copy": 0},
+        "la:2,3,2,6": {"window": 2, "ngram": 3, "guess": 2, "copy": 6},
+    }
 
     def off_by_one(ids, k):  # a broken decoder: greedy's tokens with the third one changed
         tokens = greedy_generate(model, ids, k, tok.eos_ids).tokens
@@ -160,8 +164,8 @@ def test_runner_rows_and_summary(one_thread):
     prompts = [Prompt("a", (5, 6, 7, 5, 6, 7, 5, 6), "a"), Prompt("b", (9, 8, 9, 8, 9), "b")]
     lines: list[str] = []
     rows = run_benchmark(decoders, prompts, 12, lines.append)
-    assert len(rows) == 2 * 4 and len(lines) == 2
-    assert {r["method"] for r in rows} == {"greedy", "jacobi:4", "la:3,3,3", "broken"}
+    assert len(rows) == 2 * 5 and len(lines) == 2
+    assert {r["method"] for r in rows} == {"greedy", "jacobi:4", "la:3,3,3", "la:2,3,2,6", "broken"}
     for r in rows:
         assert r["tokens"] == len(r["ids"]) and r["steps"] >= 1
         assert r["identical"] == (r["method"] != "broken")
@@ -170,6 +174,9 @@ def test_runner_rows_and_summary(one_thread):
     summary = {s["method"]: s for s in summarize(rows)}
     greedy = summary["greedy"]
     assert greedy["S"] == 1.0 and greedy["speedup"] == 1.0 and greedy["fed_per_step"] == 1.0
+    assert greedy["step_cost"] == pytest.approx(1.0)
+    for s in summary.values():  # the identity the column is there for
+        assert s["speedup"] == pytest.approx(s["S"] / s["step_cost"])
     assert summary["broken"]["identical"] == 0 and summary["la:3,3,3"]["identical"] == 2
     assert summary["jacobi:4"]["fed_per_step"] == 4.0
     meta = {"dataset": "x", "model": "tiny", "device": "cpu", "dtype": "float64", "threads": 1, "torch": "2",

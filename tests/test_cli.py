@@ -20,7 +20,8 @@ def run_json(capsys, *argv: str) -> dict:
 def test_json_greedy_and_lookahead_on_a_tiny_checkpoint(make_tiny_llama, capsys):
     folder, _ = make_tiny_llama()
     greedy = run_json(capsys, "--ckpt", str(folder), "--prompt", "the quick fox", "--mode", "greedy", "--max-new-tokens", "12")
-    look = run_json(capsys, "--ckpt", str(folder), "--prompt", "the quick fox", "--max-new-tokens", "12", "-W", "3", "-N", "3", "-G", "2")
+    look = run_json(capsys, "--ckpt", str(folder), "--prompt", "the quick fox", "--max-new-tokens", "12", "-W", "3", "-N", "3", "-G", "2", "--copy", "4")
+    assert look["config"]["copy"] == 4 and look["config"]["window"] == 3
     for out in (greedy, look):
         assert {"tokens", "text", "steps", "seconds", "compression"} <= set(out)
     assert look["tokens"] == greedy["tokens"] and greedy["steps"] == len(greedy["tokens"])
@@ -56,6 +57,7 @@ def test_first_divergence():
         (["--window", "0"], "window"),
         (["--ngram", "1"], "ngram"),
         (["--guess", "-1"], "guess"),
+        (["--copy", "-1"], "copy"),
         (["--max-new-tokens", "100000"], "context"),
         (["--temperature", "-1"], "temperature"),
         (["--mode", "compare", "--temperature", "0.7"], "compare"),

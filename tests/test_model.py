@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from minila.errors import MinilaError
 from minila.greedy import greedy_generate
 from minila.masks import ancestor_mask, depths
-from minila.model import ModelArgs
+from minila.model import Linear, ModelArgs
 
 SEEDS = st.integers(0, 2**31)
 
@@ -398,3 +398,45 @@ def test_logits_for_returns_exactly_the_selected_rows(shape, seed, n, data):
     torch.testing.assert_close(picked, full[rows], rtol=0, atol=1e-12)
     torch.testing.assert_close(sliced, full[start:], rtol=0, atol=1e-12)
     assert torch.equal(cache.k, full_cache.k) and torch.equal(cache.v, full_cache.v)  # same K/V written
+
+
+# ------------------------------------------------------------------------- packed CPU weights
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+
+
+@needs_onednn
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 96), st.integers(1, 96), st.integers(1, 40), st.integers(0, 10_000))
+def test_a_packed_linear_computes_the_same_product_row_by_row(n_in, n_out, rows, seed):
+    """Close to F.linear, and each row's result bitwise independent of the other rows:
+    a row fed alone (greedy) and in a wide step (lookahead) gets the same numbers."""
+    gen = torch.Generator().manual_seed(seed)
+    lin = Linear(n_in, n_out).requires_grad_(False)
+    lin.weight.copy_(torch.randn(n_out, n_in, generator=gen))
+    x = torch.randn(rows, n_in, generator=gen)
+    plain = lin(x)
+    lin.pack()
+    packed = lin(x)
+    assert torch.allclose(packed, plain, rtol=1e-5, atol=1e-4 * n_in**0.5)
+    assert all(torch.equal(lin(x[i : i + 1]), packed[i : i + 1]) for i in range(rows))
+
+
+@needs_onednn
+def test_a_weight_changed_after_packing_is_used_directly():
+    lin = Linear(8, 4).requires_grad_(False)
+    lin.pack()
+    x = torch.randn(3, 8)
+    lin.weight.mul_(2.0)  # in place: a stale packed copy would give the old product
+    assert torch.equal(lin(x), torch.nn.functional.linear(x, lin.weight))
+    lin.weight = torch.nn.Parameter(torch.randn(4, 8), requires_grad=False)
+    assert torch.equal(lin(x), torch.nn.functional.linear(x, lin.weight))
+
+
+def test_pack_weights_only_where_it_pays():
+    model = tiny_model(0)  # float64
+    assert model.pack_weights() is False
+    model32 = tiny_model(0).float()
+    assert model32.pack_weights() is torch.backends.mkldnn.is_available()
+    prompt = [1, 2, 3, 4, 5]
+    assert greedy_generate(model32, prompt, 12).tokens == greedy_generate(tiny_model(0).float(), prompt, 12).tokens
