@@ -190,8 +190,11 @@ plt.show()
 
 # %% [markdown]
 # Feeding T tokens costs far less than T single passes: the time per token falls
-# steeply as T grows. (The step from one token to two is often the biggest: for a single
-# row the matrix library can use a matrix-vector product, which has its own fast path.) Greedy decoding cannot use this,
+# steeply as T grows. (On a CPU the step from one token to a few is often the biggest: a
+# single row gets a matrix-vector product with its own fast path, while a few rows take
+# the general matrix product, which re-arranges the weights on every call. `load_checkpoint`
+# therefore keeps the weights pre-arranged for oneDNN on a CPU, which makes a few rows
+# cost little more than one; see `minila.model.Linear`.) Greedy decoding cannot use this,
 # because each token depends on the one before it: we cannot feed token i+1 before we
 # know token i.
 #
