@@ -10,8 +10,8 @@ The two factors come from different places:
 - c is a property of the hardware. On a GPU one forward of a few hundred tokens costs
   about as much as one of a single token (the weights are read once either way), so c
   stays near 1 and the widest configuration wins. On a 2-core CPU the matrix products
-  become compute-bound after a handful of rows and c climbs (about 1.4 at T=8, 2 at
-  T=32, 5 at T=128 for SmolLM2 in float32). We measure it: one forward of T tokens
+  become compute-bound after a dozen rows and c climbs (about 1.1-1.3 at T=8, 2 at
+  T=32, 5 at T=128 for SmolLM2 in float32, with the weights pre-packed). We measure it: one forward of T tokens
   after a cache of typical length for T = 1, 2, 4 ... 128, plus the output head per row
   of logits, and interpolate. The measurement takes a few seconds and is kept in
   `~/.cache/minila/` (or $MINILA_CACHE) per model shape, device, dtype and thread count.
@@ -127,6 +127,8 @@ def measure_cost_curve(
             times.append(clock(device) - start)
         return statistics.median(times[1:])
 
+    for t in widths:  # a first sweep only warms up (page faults, caches, the allocator)
+        timed(t, 1)
     seconds = tuple(timed(t, 1) for t in widths)
     wide = max(widths)  # the head's cost per row, from the widest step
     per_row = max(timed(wide, wide) - seconds[-1], 0.0) / (wide - 1) if wide > 1 else 0.0
