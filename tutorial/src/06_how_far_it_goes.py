@@ -221,7 +221,7 @@ plt.show()
 #   one candidate of 10 tokens buys more S than a whole window does on a CPU.
 #
 # `choose_config` takes the setting with the largest predicted S / cost. The ladder includes
-# (1, 2, 0), a window with nothing to verify, which is greedy decoding at greedy cost, so
+# (1, 2, 0, 0), a window with nothing to verify, which is greedy decoding at greedy cost, so
 # the tuner falls back to greedy rather than pick something it expects to be slower.
 
 # %%
@@ -243,8 +243,12 @@ for name, c in (("this CPU", cpu_curve), ("a flat (GPU-like) curve", flat_curve)
     print(f"auto on {name}: {chosen.label}")
 
 # %% [markdown]
-# On a flat curve the widest setting wins, the paper's W = 15, N = 5, G = 15. On this CPU
-# the tuner picks a narrow step (or greedy decoding), whichever the measured curve
-# favours; rerunning on a busier or a faster machine can change the answer, which is the
-# point of measuring rather than hard-coding it. The estimate ignores the Python
-# bookkeeping of a step, a few percent of its time here and none of its cost on a GPU.
+# On a flat curve the widest setting wins: the paper's W = 15, N = 5, G = 15, plus the
+# copied candidate. On this CPU the tuner picks a narrow step with a copied candidate:
+# settings of up to about 15 tokens cost little more than a greedy pass (the weights are
+# read once either way, and minila keeps them pre-arranged for the CPU's matrix library),
+# while the copy candidate, a single row of 10 tokens, wins often on code. A busier or a
+# faster machine can change the answer, which is the point of measuring rather than
+# hard-coding it. The estimate leaves out the Python bookkeeping of a step (a few percent
+# of its time here, none of its cost on a GPU) and assumes this model's and these texts'
+# compression: on chat answers alone S is lower and the gain smaller, on code higher.
