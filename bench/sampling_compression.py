@@ -1,11 +1,15 @@
 """Compression S of lookahead decoding when sampling, at temperature 0, 0.7 and 1.0, on the
 first 20 MT-bench prompts (128 new tokens), and whether each output equals plain sampling
 with the same seed. Usage: .venv/bin/python bench/sampling_compression.py W,N,G,COPY"""
-import sys, statistics, torch
+import sys
+
+import torch
+
+from minila.bench_data import load_prompts
+from minila.checkpoint import load_checkpoint
 from minila.lookahead import LookaheadConfig, lookahead_generate
 from minila.sampling import SamplingConfig, sample_generate
-from minila.checkpoint import load_checkpoint
-from minila.bench_data import load_prompts
+
 torch.set_num_threads(1)
 w, n, g, c = (int(x) for x in sys.argv[1].split(","))
 model, tok = load_checkpoint("weights/smollm2-135m-instruct", device="cpu")
