@@ -1,6 +1,7 @@
 """Compression S of lookahead decoding when sampling, at temperature 0, 0.7 and 1.0, on the
 first 20 MT-bench prompts (128 new tokens), and whether each output equals plain sampling
-with the same seed. Usage: .venv/bin/python bench/sampling_compression.py W,N,G,COPY"""
+with the same seed. Usage, from the repository root:
+    PYTHONPATH=. .venv/bin/python bench/sampling_compression.py W,N,G,COPY"""
 import sys
 
 import torch
