@@ -95,7 +95,9 @@ class Linear(nn.Linear):
         self._packed_from: tuple[int, int] | None = None  # (address, version) of the packed weight
 
     def _weight_key(self) -> tuple[int, int]:
-        return self.weight.data_ptr(), self.weight._version
+        # runs on every product of every step: _parameters skips nn.Module's slow __getattr__
+        weight = self._parameters["weight"]
+        return weight.data_ptr(), weight._version
 
     def pack(self) -> None:
         self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None)
