@@ -4,14 +4,27 @@ Keyed by a token, each entry holds up to G continuations of N-1 tokens, in recen
 order. Adding a continuation that is already there moves it to the back (most
 recent); adding one to a full key drops the oldest. A step verifies the continuations
 of `last`, most recent first.
+
+Each continuation also keeps its evidence, for the step budget (`budget.py`): how many
+times it was added, and whether it was ever read in the text (prompt or output) or
+only guessed by the window's Jacobi trajectory.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 NGram = tuple[int, ...]
+
+
+@dataclass
+class Evidence:
+    """Why a pool continuation is there."""
+
+    count: int = 0  # times it was added
+    in_text: bool = False  # read in the prompt or the output (not only harvested from the window)
 
 
 class NGramPool:
@@ -20,23 +33,27 @@ class NGramPool:
             raise ValueError(f"n-gram size must be >= 2, got {ngram}")
         self.ngram = ngram
         self.per_key = per_key
-        self._pool: dict[int, OrderedDict[NGram, None]] = {}
+        self._pool: dict[int, OrderedDict[NGram, Evidence]] = {}
 
-    def add(self, key: int, continuation: Sequence[int]) -> None:
+    def add(self, key: int, continuation: Sequence[int], in_text: bool = False) -> None:
         if self.per_key == 0:
             return
         continuation = tuple(continuation)
         if len(continuation) != self.ngram - 1:
             raise ValueError(f"a continuation has {self.ngram - 1} tokens, got {len(continuation)}")
         entries = self._pool.setdefault(key, OrderedDict())
-        if continuation in entries:
+        evidence = entries.get(continuation)
+        if evidence is not None:
             entries.move_to_end(continuation)
         else:
-            entries[continuation] = None
+            evidence = entries[continuation] = Evidence()
             if len(entries) > self.per_key:
                 entries.popitem(last=False)  # drop the oldest
+        evidence.count += 1
+        evidence.in_text |= in_text
 
     def add_all(self, ngrams: Iterable[tuple[int, Sequence[int]]]) -> None:
+        """The window's harvest: guesses, not yet seen in the text."""
         for key, continuation in ngrams:
             self.add(key, continuation)
 
@@ -45,12 +62,17 @@ class NGramPool:
         n-grams a text reveals (the prompt, or accepted output as it grows)."""
         n = self.ngram
         for i in range(max(start, 0), len(tokens) - n + 1):
-            self.add(tokens[i], tokens[i + 1 : i + n])
+            self.add(tokens[i], tokens[i + 1 : i + n], in_text=True)
 
     def candidates(self, key: int) -> list[NGram]:
         """The continuations of `key`, most recent first."""
         entries = self._pool.get(key)
         return list(reversed(entries)) if entries else []
+
+    def entries(self, key: int) -> list[tuple[NGram, Evidence]]:
+        """The continuations of `key` with their evidence, most recent first."""
+        entries = self._pool.get(key)
+        return list(reversed(entries.items())) if entries else []
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._pool.values())
@@ -78,8 +100,12 @@ class ContextLookup:
 
     def continuation(self, length: int) -> list[int]:
         """Up to `length` tokens that followed the longest recent match of the context's tail."""
+        return self.match(length)[0]
+
+    def match(self, length: int) -> tuple[list[int], int]:
+        """`continuation(length)` and the length of the match it follows (0: none)."""
         for n in range(min(self.max_match, len(self.tokens)), 0, -1):
             end = self._ends.get(tuple(self.tokens[-n:]))
             if end is not None:
-                return self.tokens[end + 1 : end + 1 + length]
-        return []
+                return self.tokens[end + 1 : end + 1 + length], n
+        return [], 0
