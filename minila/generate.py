@@ -13,17 +13,20 @@ import json
 import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Callable
 
 import torch
 
-from minila.autotune import auto_config
+from minila.autotune import auto_budget, auto_config
+from minila.budget import FULL
 from minila.checkpoint import load_checkpoint
 from minila.errors import MinilaError
 from minila.generation import Generation, OnTokens
 from minila.greedy import greedy_generate
 from minila.jacobi import jacobi_generate
 from minila.lookahead import LookaheadConfig, lookahead_generate
+from minila.memory import NGramMemory, default_path, tokenizer_fingerprint
 from minila.sampling import SamplingConfig, sample_generate
 
 DEFAULT_PROMPT = "Write a short poem about the sea."
@@ -59,6 +62,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--guess", "-G", type=int_or_auto, default="auto", help="candidates verified per step G")
     p.add_argument("--copy", type=int_or_auto, default="auto",
                    help="also verify a prompt-lookup candidate of this many tokens (0: off)")  # fmt: skip
+    p.add_argument("--budget", choices=["cost", "full"], default="cost",
+                   help="cost: before each step, feed only what pays on this machine (default); "
+                   "full: the whole window and every candidate, every step (the paper's step)")
+    p.add_argument("--memory", default="auto", metavar="auto|off|PATH",
+                   help="n-grams of earlier runs' outputs, offered to lookahead and updated after the run "
+                   "(auto: one file per tokenizer under ~/.cache/minila or $MINILA_CACHE)")
     p.add_argument("--seed", type=int, default=0, help="seeds the window (and sampling)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -118,12 +127,18 @@ def run(args: argparse.Namespace) -> dict:
     if args.temperature is not None:
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
+    memory_path = memory = None
+    if args.memory != "off" and args.mode in ("lookahead", "compare"):
+        fingerprint = tokenizer_fingerprint(args.ckpt)
+        memory_path = default_path(fingerprint) if args.memory == "auto" else Path(args.memory)
+        memory = NGramMemory.load(memory_path, fingerprint, model.args.vocab_size)
     if args.no_chat:
         prompt_ids = tokenizer.encode(args.prompt)
     else:
         prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}])
     eos, k = tokenizer.eos_ids, args.max_new_tokens
     config = lookahead_config(args, model) if args.mode in ("lookahead", "compare") else None
+    budget = auto_budget(model) if args.budget == "cost" else FULL
     color = not args.json and sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
     def decode(mode: str, stream: bool) -> Generation:
@@ -134,10 +149,15 @@ def run(args: argparse.Namespace) -> dict:
             block = 8 if args.window == "auto" else args.window
             gen = jacobi_generate(model, prompt_ids, k, block, eos, args.seed, on_tokens)
         else:
-            gen = lookahead_generate(model, prompt_ids, k, config, eos, on_tokens, sampling=sampling)
+            gen = lookahead_generate(model, prompt_ids, k, config, eos, on_tokens, sampling=sampling, budget=budget, memory=memory)
         if finish:
             finish()
         return gen
+
+    def save_memory(result: dict) -> None:
+        if memory is not None:
+            memory.save(memory_path)
+            result["memory"] = {"path": str(memory_path), "entries": len(memory)}
 
     # one short untimed run, so that the first timed one does not pay for warm-up
     greedy_generate(model, prompt_ids[-8:], 2)
@@ -146,11 +166,13 @@ def run(args: argparse.Namespace) -> dict:
         result = {"mode": args.mode, "text": tokenizer.decode(gen.tokens, skip_special_tokens=True), **summary(gen)}
         if config is not None:
             result["config"] = asdict(config)
+            result["budget"] = args.budget
+            save_memory(result)
         if not args.json:
             print(
                 f"[{args.mode}] {len(gen.tokens)} new tokens in {gen.steps} steps "
                 f"(compression {gen.compression:.2f}), {gen.seconds:.2f} s, {gen.tokens_per_second:.1f} tok/s"
-                + (f", {config.label}" if config else "")
+                + (f", {config.label}, {args.budget} budget" if config else "")
             )
         return result
 
@@ -167,12 +189,14 @@ def run(args: argparse.Namespace) -> dict:
         "speedup": round(speedup, 3),
         "greedy": summary(greedy),
         "config": asdict(config),
+        "budget": args.budget,
     }
+    save_memory(result)
     if not args.json:
         print(
             f"[greedy]    {len(greedy.tokens)} tokens, {greedy.steps} steps, {greedy.tokens_per_second:.1f} tok/s\n"
             f"[lookahead] {len(look.tokens)} tokens, {look.steps} steps (compression {look.compression:.2f}), "
-            f"{look.tokens_per_second:.1f} tok/s, {config.label}\n"
+            f"{look.tokens_per_second:.1f} tok/s, {config.label}, {args.budget} budget\n"
             f"identical to greedy: {'yes' if div is None else f'NO, first divergence at token {div}'}; "
             f"speedup {speedup:.2f}x"
         )

@@ -29,6 +29,8 @@ class StepStat:
     seconds: float
     width: int = 1  # tokens fed to the model in this step
     candidate: int | None = None  # index of the winning candidate n-gram, if any
+    forward_seconds: float = 0.0  # of `seconds`, the model's forward (and reading its argmaxes)
+    plan: object = None  # lookahead: the step budget's budget.Plan (what it fed and why)
 
 
 @dataclass
@@ -87,11 +89,13 @@ class Generation:
         width: int,
         on_tokens: OnTokens | None,
         candidate: int | None = None,
+        forward_seconds: float = 0.0,
+        plan: object = None,
     ) -> list[int]:
         """Close one forward pass: emit its tokens (see `emit`), record its StepStat
         (timed from `start`, a perf_counter reading), and stream what was emitted."""
         emitted = self.emit(new, eos_ids, max_new_tokens)
-        self.stats.append(StepStat(len(emitted), time.perf_counter() - start, width, candidate))
+        self.stats.append(StepStat(len(emitted), time.perf_counter() - start, width, candidate, forward_seconds, plan))
         if on_tokens:
             on_tokens(emitted)
         return emitted

@@ -2,7 +2,8 @@
 
     prefill the prompt -> first token (step 1)
     repeat:
-        candidates = pool[last] (+ a copied continuation if copy > 0)   (verification branch)
+        offers     = pool[last] (+ a copied continuation if copy > 0, + the memory's)
+        plan       = budget(offers): which candidates to verify, whether the window runs
         layout     = step_layout(W, levels, candidate tree)  (rows, positions, mask)
         logits     = model(one forward of last + window + candidates)
         fresh      = argmax of the window's top level (one Jacobi update)
@@ -11,7 +12,8 @@
         cache.commit(rows of last + matched candidate tokens)
         window.advance(fresh); emit verdict.tokens
 
-Every state (cache, window, pool) is created per call: nothing leaks between requests.
+Every state (cache, window, pool, acceptance rates) is created per call: nothing leaks
+between requests except through an explicit `memory`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from typing import Sequence
 
 import torch
 
+from minila.budget import FULL, Acceptance, Budget, Offer
 from minila.errors import MinilaError
 from minila.generation import Choose, Generation, OnTokens, argmax, check_request, prefill
 from minila.layout import candidate_tree, step_layout
+from minila.memory import NGramMemory
 from minila.model import Transformer
 from minila.ngram_pool import ContextLookup, NGramPool
 from minila.sampling import Sampler, SamplingConfig
@@ -77,11 +81,18 @@ def lookahead_generate(
     on_tokens: OnTokens | None = None,
     choose: Choose = argmax,
     sampling: SamplingConfig | None = None,
+    budget: Budget = FULL,
+    memory: NGramMemory | None = None,
+    acceptance: Acceptance | None = None,
 ) -> Generation:
     """Decode exactly as greedy decoding would, several tokens per forward pass.
     `choose` picks the model's token from a row of logits (argmax: greedy; a sampler:
     sampling with the model's distribution preserved). `sampling` is the usual way to
-    sample: it makes `choose` a fresh Sampler for this request."""
+    sample: it makes `choose` a fresh Sampler for this request. `budget` decides what
+    each step feeds within the config's W, N, G and copy (FULL: all of it, the paper's
+    step; a CostBudget: what pays on this machine). `memory` offers what earlier requests
+    produced and learns this one's output. `acceptance` holds the offers' learned rates:
+    by default a fresh one (the prior) per request; pass one to carry it across requests."""
     if sampling is not None:
         if choose is not argmax:
             raise MinilaError("give lookahead_generate either `choose` or `sampling`, not both")
@@ -102,41 +113,83 @@ def lookahead_generate(
 
     lookup = ContextLookup()
     lookup.extend(context)
+    acceptance = Acceptance() if acceptance is None else acceptance  # what offers turn out to be worth
+    max_nodes = config.guess * (config.ngram - 1) + config.copy  # candidate rows the cache reserves
     while not gen.done(max_new_tokens):
         start = time.perf_counter()
         last = context[-1]
         # a candidate longer than the remaining budget - 1 cannot pay off: trim it
         room = max_new_tokens - len(gen.tokens) - 1
-        candidates = pool.candidates(last)[: config.guess]
-        if config.copy:
-            candidates = [lookup.continuation(config.copy)] + candidates
-        candidates = [c[:room] for c in candidates] if room > 0 else []
-        candidates = [c for c in candidates if c]
-        tree = candidate_tree(candidates)  # shared prefixes are fed once
-        layout = step_layout(config.window, len(window.levels), tree.parents, device)
+        offers = gather_offers(context, pool, lookup, memory, config, room, budget.wants_more)
+        levels = len(window.levels)
+        rows, logit_rows = config.window * levels - 1, config.window - (levels == 1)  # beyond `last`'s
+        plan = budget.plan(offers, acceptance, rows, logit_rows, max_nodes)
+        tree = candidate_tree(plan.candidates)  # shared prefixes are fed once
+        if plan.window:
+            layout = step_layout(config.window, levels, tree.parents, device)
+            tokens = layout.pack(last, window.levels, tree.tokens)
+        else:  # `last` and the candidates only
+            layout = step_layout(1, 1, tree.parents, device)
+            tokens = layout.pack(last, [[]], tree.tokens)
 
-        tokens = torch.tensor(layout.pack(last, window.levels, tree.tokens), device=device)  # (T,)
         # guesses may sit past the context's end; they only feed other guesses, never an emitted token
         positions = (cache.length + layout.depth).clamp_(max=last_position)  # (T,)
-        logits = model(tokens, positions, cache, layout.mask, layout.logit_rows)  # (R, vocab)
-
+        forward_start = time.perf_counter()
+        logits = model(torch.tensor(tokens, device=device), positions, cache, layout.mask, layout.logit_rows)  # (R, vocab)
         fresh = logits[layout.top].argmax(dim=-1).tolist()  # the window stays greedy
+        forward_seconds = time.perf_counter() - forward_start
         verdict = verify(
-            choose(logits[0]), candidates, lambda j, k: choose(logits[layout.first_node_logit + tree.paths[j][k]])
+            choose(logits[0]), plan.candidates, lambda j, k: choose(logits[layout.first_node_logit + tree.paths[j][k]])
         )
         kept = [0]  # `last`, then the matched tokens of the winner
         if verdict.candidate is not None:
             kept += [layout.first_node_row + node for node in tree.paths[verdict.candidate][: verdict.matched]]
         cache.commit(kept)
 
-        pool.add_all(window.ngrams(last, fresh))
-        window.advance(fresh)
+        if plan.window:
+            pool.add_all(window.ngrams(last, fresh))
+            window.advance(fresh)
         emitted = gen.end_step(
-            verdict.tokens, eos_ids, max_new_tokens, start, layout.size, on_tokens, verdict.candidate
+            verdict.tokens, eos_ids, max_new_tokens, start, layout.size, on_tokens, verdict.candidate, forward_seconds, plan
         )
         n_before = len(context)
         context.extend(emitted)
         lookup.extend(emitted)
         if config.pool_from_output:
             pool.add_sequence(context, start=n_before - config.ngram + 1)
+        acceptance.record(n_before, offers, plan.window)
+        acceptance.catch_up(context, final=gen.done(max_new_tokens))
+    if memory is not None:
+        memory.learn(context, start=len(prompt_ids))
     return gen
+
+
+def gather_offers(
+    context: Sequence[int],
+    pool: NGramPool,
+    lookup: ContextLookup,
+    memory: NGramMemory | None,
+    config: LookaheadConfig,
+    room: int,
+    wants_more: bool,
+) -> list[Offer]:
+    """What the sources propose to follow `last` = context[-1], each cut to `room` tokens:
+    the copied continuation (if copy > 0), then the pool's n-grams of `last` (most recent
+    first, at most G), then the memory's continuations of the last two tokens. The memory
+    fills the G candidate slots the pool leaves free, or, for a budget that `wants_more`
+    to choose from, offers G of its own."""
+    if room < 1:
+        return []
+    offers = []
+    if config.copy:
+        tokens, match = lookup.match(min(config.copy, room))
+        offers.append(Offer(tuple(tokens), ("copy", match)))
+    pooled = pool.entries(context[-1])[: config.guess]
+    for cont, evidence in pooled:
+        offers.append(Offer(cont[:room], ("pool", evidence.in_text, min(evidence.count, 3))))
+    if memory is not None:
+        # the paper's step verifies at most G candidates of N-1 tokens: the memory fills free slots
+        free, length = (config.guess, room) if wants_more else (config.guess - len(pooled), min(room, config.ngram - 1))
+        for cont, count in memory.offers(context, free):
+            offers.append(Offer(cont[:length], ("memory", min(count, 4))))
+    return [o for o in offers if o.tokens]

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from scripted import ScriptedModel, context_hash, periodic
 
 from minila import LookaheadConfig, MinilaError, greedy_generate, jacobi_generate, lookahead_generate
+from minila.budget import FULL, CostBudget
+from minila.memory import LENGTH, NGramMemory
 
 configs = st.builds(
     LookaheadConfig,
@@ -49,17 +51,41 @@ def tiny_models(draw):
     return model
 
 
+@st.composite
+def budgets(draw):
+    """The paper's full step, or the cost budget on a curve from flat (GPU-like) to steep."""
+    if draw(st.booleans()):
+        return FULL
+    slope, knee = draw(st.floats(0.0, 1.0)), draw(st.integers(1, 40))
+    return CostBudget(lambda tokens, rows: 1.0 + 0.01 * tokens + slope * max(0, tokens - knee))
+
+
+@st.composite
+def memories(draw, vocab: int):
+    """None, or a memory that has learnt random texts over the request's alphabet or not."""
+    if draw(st.booleans()):
+        return None
+    memory = NGramMemory("test", capacity=draw(st.integers(1, 500)))
+    for _ in range(draw(st.integers(0, 3))):
+        memory.learn(draw(st.lists(st.integers(0, vocab - 1), max_size=40)))
+    return memory
+
+
 @pytest.mark.slow
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(tiny_models(), configs, st.data())
-def test_lookahead_equals_greedy(model, config, data):
+@given(tiny_models(), configs, budgets(), st.data())
+def test_lookahead_equals_greedy(model, config, budget, data):
     prompt, max_new, eos = data.draw(requests(model.args.vocab_size))
+    memory = data.draw(memories(model.args.vocab_size))
     greedy = greedy_generate(model, prompt, max_new, eos)
-    look = lookahead_generate(model, prompt, max_new, config, eos)
+    if memory is not None and data.draw(st.booleans()):  # a memory that knows (part of) this very answer
+        memory.learn(prompt + greedy.tokens[: data.draw(st.integers(0, max_new))])
+    look = lookahead_generate(model, prompt, max_new, config, eos, budget=budget, memory=memory)
     assert look.tokens == greedy.tokens
     assert look.stop_reason == greedy.stop_reason
     assert sum(look.accepted) == len(look.tokens) and look.steps <= greedy.steps
-    assert all(1 <= a <= max(config.ngram, config.copy + 1) for a in look.accepted[1:] if a)
+    longest = max(config.ngram, config.copy + 1, LENGTH + 1 if memory is not None and budget is not FULL else 0)
+    assert all(1 <= a <= longest for a in look.accepted[1:] if a)
     assert max((s.width for s in look.stats[1:]), default=0) <= config.step_tokens  # the cache reserves this many rows
 
 
@@ -75,15 +101,16 @@ def test_jacobi_equals_greedy(model, block, seed, data):
 
 
 @settings(max_examples=60, deadline=None)
-@given(configs, st.integers(2, 5), st.data())
-def test_scripted_context_model(config, vocab, data):
+@given(configs, budgets(), st.integers(2, 5), st.data())
+def test_scripted_context_model(config, budget, vocab, data):
     """Every row must see one consistent history (ScriptedModel checks it), and the
     output must equal greedy's; with 2..5 token types candidates match often."""
     model = ScriptedModel(vocab, context_hash(vocab))
     prompt = data.draw(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=12))
     max_new = data.draw(st.integers(1, 48))
     eos = data.draw(st.lists(st.integers(0, vocab - 1), max_size=1))
-    assert lookahead_generate(model, prompt, max_new, config, eos).tokens == greedy_generate(model, prompt, max_new, eos).tokens
+    look = lookahead_generate(model, prompt, max_new, config, eos, budget=budget)
+    assert look.tokens == greedy_generate(model, prompt, max_new, eos).tokens
 
 
 @pytest.mark.parametrize("window,ngram", [(1, 2), (4, 2), (3, 3), (5, 4), (7, 5), (2, 6)])
