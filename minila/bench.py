@@ -32,14 +32,16 @@ from typing import Callable, Sequence
 
 import torch
 
-from minila.autotune import auto_config, clock, measure_cost_curve
+from minila.autotune import auto_budget, auto_config, clock, measure_cost_curve
 from minila.bench_data import Prompt, load_prompts
+from minila.budget import FULL
 from minila.checkpoint import load_checkpoint
 from minila.errors import MinilaError
 from minila.generation import Generation
 from minila.greedy import greedy_generate
 from minila.jacobi import jacobi_generate
 from minila.lookahead import LookaheadConfig, lookahead_generate
+from minila.memory import LENGTH, NGramMemory, tokenizer_fingerprint
 from minila.model import Transformer
 
 DEFAULT_CONFIGS = ["greedy", "jacobi:8", "la:15,5,15", "la:15,5,15,10", "la:auto", "hf", "hf-pld"]
@@ -49,7 +51,8 @@ methods to run, space-separated (default: {default}):
   jacobi:K      plain Jacobi decoding with a block of K tokens (jacobi = jacobi:8)
   la:W,N,G[,C]  lookahead decoding, window W, n-gram size N, G candidates, and a
                 prompt-lookup candidate of C tokens (default 0: none; la = la:5,4,5)
-  la:auto       lookahead with settings chosen for the model and device
+  la:auto       lookahead with the step budget (what each step feeds is decided by
+                its expected tokens per cost on this machine) and the n-gram memory
   hf            transformers generate(do_sample=False)
   hf-pld[:K]    transformers prompt-lookup decoding, K tokens per guess (default 10)""".format(
     default=" ".join(DEFAULT_CONFIGS)
@@ -67,6 +70,7 @@ class Run:
     seconds: float  # wall clock of the whole call
     fed: int  # tokens fed to the model after the prefill (for the mean step width)
     trimmed: int = 0  # tokens a peer produced past the first EOS or the budget
+    outside: float | None = None  # seconds of the steps after the prefill spent outside the forward
 
 
 # prompt ids, max_new_tokens -> Run
@@ -120,7 +124,7 @@ def parse_configs(specs: Sequence[str]) -> list[Method]:
 
 
 def auto_lookahead_config(model: Transformer, seed: int) -> LookaheadConfig:
-    """The config behind `la:auto`: W, N, G chosen for this model and device."""
+    """The limits behind `la:auto` (the step budget decides within them)."""
     return auto_config(model, seed=seed)
 
 
@@ -129,7 +133,8 @@ def minila_decoder(model: Transformer, decode: Callable[[Sequence[int], int], Ge
         start = clock(model.device)
         gen = decode(ids, max_new_tokens)
         seconds = clock(model.device) - start
-        return Run(gen.tokens, gen.steps, seconds, sum(s.width for s in gen.stats[1:]))
+        outside = sum(s.seconds - s.forward_seconds for s in gen.stats[1:]) if gen.stats[1:] and gen.stats[1].forward_seconds else None
+        return Run(gen.tokens, gen.steps, seconds, sum(s.width for s in gen.stats[1:]), outside=outside)
 
     return run
 
@@ -193,8 +198,11 @@ def cut(tokens: list[int], eos_ids: Sequence[int], max_new_tokens: int) -> list[
     return out
 
 
-def build_decoders(methods, model, tokenizer, ckpt, seed: int) -> tuple[dict[str, Decoder], dict]:
-    """One Decoder per method, and facts to record (lookahead settings, peer version)."""
+def build_decoders(
+    methods, model, tokenizer, ckpt, seed: int, memory: NGramMemory | None = None
+) -> tuple[dict[str, Decoder], dict]:
+    """One Decoder per method, and facts to record (lookahead settings, peer version).
+    `memory` is what la:auto remembers across the run's prompts (None: nothing)."""
     eos = list(tokenizer.eos_ids)
     decoders: dict[str, Decoder] = {}
     info: dict = {}
@@ -206,14 +214,17 @@ def build_decoders(methods, model, tokenizer, ckpt, seed: int) -> tuple[dict[str
             block = m.params[0]
             decoders[m.name] = minila_decoder(model, lambda ids, k, b=block: jacobi_generate(model, ids, k, b, eos, seed))
         elif m.kind == "lookahead":
-            if m.params:
+            if m.params:  # the paper's step: the whole window and every candidate, every step
                 window, ngram, guess, *copy = m.params
                 config = LookaheadConfig(window, ngram, guess, copy=copy[0] if copy else 0, seed=seed)
+                budget, recall = FULL, None
             else:
-                config = auto_lookahead_config(model, seed)
+                config, budget, recall = auto_lookahead_config(model, seed), auto_budget(model), memory
             info[m.name] = {"window": config.window, "ngram": config.ngram, "guess": config.guess, "copy": config.copy}
+            if budget is not FULL:
+                info[m.name]["budget"] = "cost"
             decoders[m.name] = minila_decoder(
-                model, lambda ids, k, c=config: lookahead_generate(model, ids, k, c, eos)
+                model, lambda ids, k, c=config, b=budget, r=recall: lookahead_generate(model, ids, k, c, eos, budget=b, memory=r)
             )
         else:
             if peer is None:
@@ -225,6 +236,9 @@ def build_decoders(methods, model, tokenizer, ckpt, seed: int) -> tuple[dict[str
 
 
 # ------------------------------------------------------------------------- the run
+
+WARMUP_TOKENS = 4  # shorter than a memory continuation: warming up teaches the memory nothing
+assert WARMUP_TOKENS < LENGTH
 
 
 def first_divergence(a: list[int], b: list[int]) -> int | None:
@@ -243,7 +257,7 @@ def run_benchmark(
     """Every method once per prompt, in a rotating order; one row per (method, prompt)."""
     names = list(decoders)
     for name in names:  # untimed: the first call of each pays for allocations and kernel choice
-        decoders[name](prompts[0].ids, min(8, max_new_tokens))
+        decoders[name](prompts[0].ids, min(WARMUP_TOKENS, max_new_tokens))
     rows = []
     for i, prompt in enumerate(prompts):
         order = names[i % len(names) :] + names[: i % len(names)]
@@ -257,6 +271,7 @@ def run_benchmark(
                 "method": name, "prompt": i, "name": prompt.name, "prompt_tokens": len(prompt.ids),
                 "tokens": len(r.tokens), "steps": r.steps, "seconds": round(r.seconds, 5), "fed": r.fed,
                 "identical": div is None, "first_divergence": div, "trimmed": r.trimmed, "ids": r.tokens,
+                "outside": r.outside, "speedup": runs["greedy"].seconds / r.seconds if r.seconds else 0.0,
             })  # fmt: skip
             mark = "" if div is None else f" DIFF@{div}"
             parts.append(f"{name} S={len(r.tokens) / r.steps:.2f} {r.seconds:.2f}s{mark}")
@@ -279,6 +294,10 @@ def summarize(rows: list[dict]) -> list[dict]:
             "fed_per_step": sum(r["fed"] for r in mine) / decode_steps if decode_steps else None,
             "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
             "identical": sum(r["identical"] for r in mine),
+            "speedup_min": min(r["speedup"] for r in mine),
+            "speedup_median": statistics.median(r["speedup"] for r in mine),
+            "outside_ms": 1000 * sum(r["outside"] for r in mine) / decode_steps
+            if decode_steps and all(r["outside"] is not None for r in mine) else None,
         })  # fmt: skip
     greedy = next(s for s in out if s["method"] == "greedy")
     for s in out:
@@ -319,28 +338,35 @@ def markdown(meta: dict, summary: list[dict] | None, curve: list[dict] | None) -
         lines += [
             f"{n} prompts, at most {meta['max_new_tokens']} new tokens, {meta['date']}, {meta['machine']}",
             "",
-            "| method | S | S per prompt | fed/step | step cost | tok/s | speedup | identical | tokens | steps | seconds |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| method | S | S per prompt | fed/step | step cost | tok/s | speedup | per prompt min / median "
+            "| outside fwd | identical | tokens | steps | seconds |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
+        greedy_ms = 1000 * next(s["seconds"] / s["steps"] for s in summary if s["method"] == "greedy")
         for s in summary:
             fed = f"{s['fed_per_step']:.1f}" if s["fed_per_step"] is not None else "-"
+            outside = "-" if s["outside_ms"] is None else f"{s['outside_ms']:.2f} ms ({100 * s['outside_ms'] / greedy_ms:.1f}%)"
             lines.append(
                 f"| {s['method']} | {s['S']:.2f} | {s['S_mean']:.2f} | {fed} | {s['step_cost']:.2f} | "
-                f"{s['tokens_per_second']:.1f} | {s['speedup']:.2f}x | {s['identical']}/{s['prompts']} | "
-                f"{s['tokens']} | {s['steps']} | {s['seconds']:.1f} |"
+                f"{s['tokens_per_second']:.1f} | {s['speedup']:.2f}x | {s['speedup_min']:.2f}x / {s['speedup_median']:.2f}x | "
+                f"{outside} | {s['identical']}/{s['prompts']} | {s['tokens']} | {s['steps']} | {s['seconds']:.1f} |"
             )
         lines += [
             "",
             "S = total new tokens / total forward passes (prefill included; greedy = 1). S per prompt: the mean "
             "of each prompt's S. fed/step: mean tokens fed per forward after the prefill. step cost: seconds per "
             "forward over greedy's (prefill included), so speedup = S / step cost. tok/s: total tokens / "
-            "total wall-clock seconds. speedup: tok/s over minila greedy's. identical: outputs equal to minila "
+            "total wall-clock seconds. speedup: tok/s over minila greedy's; per prompt: the smallest and the median "
+            "of each prompt's greedy seconds over the method's. outside fwd: time per step outside the model's "
+            "forward (bookkeeping, budget, verification, KV commit), and its share of a greedy step. identical: outputs equal to minila "
             "greedy's, token for token. Peers (hf*): transformers generate; their forward passes are counted "
             "by a hook on the model, their output cut at the first EOS and at the budget.",
         ]
         chosen = (meta.get("lookahead") or {}).get("la:auto")
         if chosen:
-            lines += ["", "la:auto chose " + ", ".join(f"{k}={v}" for k, v in chosen.items()) + " on this machine."]
+            memory = meta.get("memory") or "empty at start"
+            lines += ["", "la:auto decided each step within " + ", ".join(f"{k}={v}" for k, v in chosen.items())
+                      + f" on this machine; n-gram memory: {memory}."]  # fmt: skip
     if curve:
         lines += ["", f"## Cost of one forward of T tokens after a {meta['cost_context']}-token cache", ""]
         lines += ["| T | " + " | ".join(str(r["T"]) for r in curve) + " |", "| --- " * (len(curve) + 1) + "|"]
@@ -425,6 +451,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0, help="seeds the Jacobi and lookahead initial guesses")
+    p.add_argument("--memory", default=None, metavar="PATH",
+                   help="la:auto's n-gram memory: start from PATH and merge the run's outputs back into it\n"
+                   "(default: start empty and keep it for this run only; 'off': no memory)")  # fmt: skip
     p.add_argument("--data-dir", default="bench/data", help="where `make bench-data` put the wheels")
     p.add_argument("--cost-curve", action="store_true", help="also time one forward of T=1..128 tokens")
     p.add_argument("--cost-context", type=int, default=200, help="cache length for --cost-curve")
@@ -461,12 +490,21 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         prompts = load_prompts(args.dataset, tokenizer, args.limit or None, args.data_dir)
         if not prompts:
             raise MinilaError(f"{args.dataset} gave no prompts")
-        decoders, info = build_decoders(methods, model, tokenizer, args.ckpt, args.seed)
+        memory = None
+        if args.memory != "off":
+            fingerprint = tokenizer_fingerprint(args.ckpt)
+            memory = NGramMemory(fingerprint, vocab_size=model.args.vocab_size)
+            if args.memory:
+                memory = NGramMemory.load(args.memory, fingerprint, model.args.vocab_size)
+                meta["memory"] = f"{args.memory} ({len(memory)} continuations at start)"
+        decoders, info = build_decoders(methods, model, tokenizer, args.ckpt, args.seed, memory)
         meta["transformers"] = info.pop("transformers", None)
         meta["lookahead"] = info
         log(f"bench: {len(prompts)} prompts x {len(decoders)} methods ({', '.join(decoders)}), "
             f"at most {args.max_new_tokens} new tokens, {meta['device']} {args.dtype}, {args.threads} threads")  # fmt: skip
         rows = run_benchmark(decoders, prompts, args.max_new_tokens, log)
+        if memory is not None and args.memory:
+            memory.save(args.memory)
         summary = summarize(rows)
         result["summary"], result["rows"] = summary, rows
 

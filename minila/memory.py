@@ -132,8 +132,9 @@ class NGramMemory:
         memory._evict()
         return memory
 
-    def save(self, path: str | Path, warn: Warn = warn_stderr) -> None:
-        """Merge this run's additions into `path` (see the module docstring)."""
+    def save(self, path: str | Path, warn: Warn = lambda message: None) -> None:
+        """Merge this run's additions into `path` (see the module docstring). An unusable
+        file there was already reported by `load`; it is replaced."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_name(path.name + ".lock"), "a") as lock:

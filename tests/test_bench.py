@@ -23,6 +23,7 @@ from minila.bench import (
     summarize,
 )
 from minila.bench_data import DATASETS, Prompt, load_prompts
+from minila.memory import NGramMemory
 
 BENCH_DATA = Path(__file__).resolve().parents[1] / "bench" / "data"
 
@@ -124,17 +125,16 @@ def test_configs():
         parse_configs(["greedy", "greedy"])
 
 
-def test_la_auto_hook(monkeypatch, tmp_path: Path, one_thread):
+def test_la_auto_decides_each_step_and_remembers_across_prompts(monkeypatch, tmp_path: Path, one_thread):
     monkeypatch.setenv("MINILA_CACHE", str(tmp_path))  # where autotune keeps its measurements
-    model = tiny_model(0, max_seq_len=512)  # room for a cost curve up to 128 tokens after 200
-    try:
-        import minila.autotune  # noqa: F401
-    except ImportError:
-        if getattr(LookaheadConfig, "auto", None) is None:
-            with pytest.raises(MinilaError, match="la:auto"):
-                auto_lookahead_config(model, seed=0)
-            return
-    assert isinstance(auto_lookahead_config(model, seed=0), LookaheadConfig)
+    model, tok = tiny_model(0, max_seq_len=512), FakeTokenizer()  # room for a cost curve up to 128 tokens after 200
+    memory = NGramMemory("fake", vocab_size=64)
+    decoders, info = build_decoders(parse_configs(["la:auto"]), model, tok, None, seed=0, memory=memory)
+    assert info["la:auto"]["budget"] == "cost" and isinstance(auto_lookahead_config(model, seed=0), LookaheadConfig)
+    ids = tok.apply_chat_template([{"content": "hello world"}])
+    run = decoders["la:auto"](ids, 20)
+    assert run.tokens == greedy_generate(model, ids, 20, tok.eos_ids).tokens
+    assert len(memory) > 0 and run.outside is not None and run.outside > 0  # learnt the answer; timed its bookkeeping
 
 
 def test_cut_follows_minilas_stopping_rule():
@@ -203,6 +203,7 @@ def test_bench_end_to_end(make_tiny_llama, tmp_path: Path, one_thread):
     assert [r["T"] for r in result["cost_curve"]][:2] == [1, 2] and result["cost_curve"][0]["relative"] == 1.0
     table = (out / "results.md").read_text()
     assert "| method | S |" in table and "| hf-pld:3 |" in table and "## Cost of one forward" in table
+    assert all(r["speedup"] > 0 for r in result["rows"]) and "per prompt min / median" in table
     for png in ("speedup.png", "scaling.png", "cost_curve.png"):
         assert (out / png).stat().st_size > 1000
 

@@ -36,6 +36,24 @@ def test_compare_mode(make_tiny_llama, capsys):
     assert out["steps"] <= out["greedy"]["steps"]
 
 
+def test_the_memory_file_is_used_merged_and_survives_damage(make_tiny_llama, capsys, tmp_path):
+    folder, _ = make_tiny_llama()
+    path = tmp_path / "memory.json"
+    argv = ["--ckpt", str(folder), "--prompt", "the quick brown fox", "--mode", "compare", "--max-new-tokens", "24"]
+    first = run_json(capsys, *argv, "--memory", str(path))
+    second = run_json(capsys, *argv, "--memory", str(path))  # this answer is remembered now
+    assert first["identical"] and second["identical"] and second["tokens"] == first["tokens"]
+    assert first["budget"] == "cost" and second["memory"]["entries"] == first["memory"]["entries"] > 0
+    assert second["steps"] < first["steps"]
+    path.write_text("{ torn")
+    assert main([*argv, "--json", "--device", "cpu", "--memory", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["identical"] and captured.err.count("\n") == 1 and "ignoring the n-gram memory" in captured.err
+    off = tmp_path / "nothing"
+    assert main([*argv, "--json", "--device", "cpu", "--memory", "off"]) == 0 and not off.exists()
+    assert "memory" not in json.loads(capsys.readouterr().out)
+
+
 def test_streaming_prints_text_and_stats(make_tiny_llama, capsys):
     folder, _ = make_tiny_llama()
     capsys.readouterr()
