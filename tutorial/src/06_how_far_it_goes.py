@@ -202,53 +202,90 @@ plt.show()
 # (W = 10 and 7 for 13B and 33B); on a CPU, small steps, or plain greedy decoding.
 
 # %% [markdown]
-# ## Choosing W, N, G automatically
+# ## Deciding every step: the step budget
 #
-# `python -m minila.generate` uses `--window/--ngram/--guess auto` by default. The choice
-# is the ratio above, made explicit in `minila.autotune`:
+# A fixed setting is a bet made once for every prompt and every step, and the sweep above
+# shows how it goes on this CPU: the rows of a step that matches nothing still cost. So
+# `auto`, the default of `python -m minila.generate` and `la:auto` in the bench, decides
+# *before every step* what that step feeds (`minila/budget.py`):
 #
-# * **cost**: `measure_cost_curve` times forward passes of T = 1, 2, 4 ... 128 tokens once
-#   for this model, device, dtype and thread count (a few seconds, then kept in
-#   `~/.cache/minila/`), plus the output head's cost per extra row of logits: a lookahead
-#   step needs logits for its top window level and its candidates, not for every row;
-# * **S**: `ACCEPTANCE` holds compressions measured with `minila.bench` on SmolLM2
-#   (MT-bench and HumanEval, the mean of the two) for a ladder of settings, each with the
-#   mean width T of its steps. For another model they are a prior, not a law.
-# * **copy**: some settings add one more candidate, copied from the context: where the
-#   last few tokens occurred before (in the prompt or the output), the next `copy` tokens
-#   that followed them there (prompt-lookup decoding). It is verified like any other
-#   candidate, so the output is still greedy's. Code repeats itself, so on HumanEval this
-#   one candidate of 10 tokens buys more S than a whole window does on a CPU.
+# * **the offers**: the pool's n-grams of `last` (read in the text, or guessed by the
+#   window), a copied continuation of the context's tail (prompt lookup), and what the
+#   n-gram memory remembers after the last two tokens from earlier runs;
+# * **their chances**: each offered token's chance of being greedy's next token, learned
+#   within the request per kind of evidence (the copy's match length, a pool n-gram's count,
+#   whether the text ever contained it) and depth, from a prior. Every step's offers, fed
+#   or not, are scored once the text has moved past them;
+# * **the rule**: feed the tokens, most promising first, and the window or not, that
+#   maximise *expected tokens / cost of the step*, with the cost read off this machine's
+#   measured curve. Nothing promising: `last` alone, a greedy step at greedy cost.
 #
-# `choose_config` takes the setting with the largest predicted S / cost. The ladder includes
-# (1, 2, 0, 0), a window with nothing to verify, which is greedy decoding at greedy cost, so
-# the tuner falls back to greedy rather than pick something it expects to be slower.
+# Each step's decision is kept in `Generation.stats[i].plan`. Here is the start of a chat
+# answer and of a piece of code, decided on this CPU's curve:
 
 # %%
-from minila.autotune import ACCEPTANCE, CostCurve, choose_config, predicted_speedup
+from minila.autotune import CostCurve, choose_config
+from minila.budget import CostBudget
 
-# a finer curve than above, as the tuner measures it
-cpu_curve = measure_cost_curve(model, context=200, repeats=3)
-# a GPU-like curve: every step costs the same up to 128 tokens (the roofline picture above)
-flat_curve = CostCurve(cpu_curve.widths, (1.0,) * len(cpu_curve.widths), 0.0)
-
-print(f"{'W, N, G, copy':<14} {'S':>5} {'T':>6} {'cost here':>10} {'S/cost here':>12} {'S/cost flat':>12}")
-for setting, (s, t) in sorted(ACCEPTANCE.items(), key=lambda kv: kv[1][1]):
-    print(
-        f"{', '.join(map(str, setting)):<14} {s:>5.2f} {t:>6.1f} {s / predicted_speedup(cpu_curve, *setting):>10.2f} "
-        f"{predicted_speedup(cpu_curve, *setting):>11.2f}x {predicted_speedup(flat_curve, *setting):>11.2f}x"
-    )
-for name, c in (("this CPU", cpu_curve), ("a flat (GPU-like) curve", flat_curve)):
-    chosen = choose_config(c)
-    print(f"auto on {name}: {chosen.label}")
+cpu_curve = measure_cost_curve(model, context=200, repeats=3)  # the curve auto measures, once per machine
+limits = choose_config(cpu_curve)  # how wide a window auto may run here (the budget decides each step)
+print(f"limits on this CPU: {limits.label}")
+LONG = 128
+auto_runs = {
+    name: minila.lookahead_generate(model, p, LONG, limits, tokenizer.eos_ids, budget=CostBudget(cpu_curve.relative))
+    for name, p in PROMPTS.items()
+}
+for name, gen in auto_runs.items():
+    assert gen.tokens == minila.greedy_generate(model, PROMPTS[name], LONG, tokenizer.eos_ids).tokens
+    print(f"\n{name}: S = {gen.compression:.2f} over {len(gen.tokens)} tokens")
+    print(f"{'step':>4}  {'offers (source:chance of its first token)':<44} {'fed':>4} {'window':>6} {'E':>5} {'cost':>5} {'got':>4}")
+    for i, stat in enumerate(gen.stats[1:13], start=2):
+        plan = stat.plan
+        offers = " ".join(f"{o.kind[0]}:{c[0]:.2f}" for o, c in zip(plan.offers, plan.chances))
+        print(f"{i:>4}  {offers[:44]:<44} {stat.width - 1:>4} {'on' if plan.window else 'off':>6} "
+              f"{plan.expected:>5.2f} {plan.cost:>5.2f} {stat.accepted:>4}")  # fmt: skip
 
 # %% [markdown]
-# On a flat curve the widest setting wins: the paper's W = 15, N = 5, G = 15, plus the
-# copied candidate. On this CPU the tuner picks a narrow step with a copied candidate:
-# settings of up to about 15 tokens cost little more than a greedy pass (the weights are
-# read once either way, and minila keeps them pre-arranged for the CPU's matrix library),
-# while the copy candidate, a single row of 10 tokens, wins often on code. A busier or a
-# faster machine can change the answer, which is the point of measuring rather than
-# hard-coding it. The estimate leaves out the Python bookkeeping of a step (a few percent
-# of its time here, none of its cost on a GPU) and assumes this model's and these texts'
-# compression: on chat answers alone S is lower and the gain smaller, on code higher.
+# *fed* counts the rows beyond `last`, *E* is the tokens the budget expected, *cost* the
+# step's price in greedy steps, *got* what verification accepted. Where the offers are weak
+# (a pool n-gram seen once, a copy matching one token) the step stays narrow or greedy;
+# where the context repeats (a copy matching three tokens, code quoting the signature) it
+# feeds long chains. Over the whole answers:
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+for ax, (name, gen) in zip(axes, auto_runs.items()):
+    steps = np.arange(2, gen.steps + 1)
+    ax.bar(steps, [s.width - 1 for s in gen.stats[1:]], color="tab:blue", alpha=0.5, label="rows fed beyond last")
+    ax.plot(steps, [s.accepted for s in gen.stats[1:]], "o-", color="tab:green", ms=3, label="tokens accepted")
+    ax.set_title(f"{name}: S = {gen.compression:.2f}")
+    ax.set_xlabel("step")
+axes[0].legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# On a flat (GPU-like) curve, where a step of a hundred tokens costs what one of a single
+# token does, the same rule decides differently: the limits are the paper's window (W = 15,
+# N = 5) and every step runs it, with every offer that has any chance.
+
+# %%
+flat_curve = CostCurve(cpu_curve.widths, (1.0,) * len(cpu_curve.widths), 0.0)
+flat_limits = choose_config(flat_curve)
+print(f"limits on a flat curve: {flat_limits.label}")
+print(f"{'prompt':<6} {'curve':<6} {'S':>5} {'rows fed/step':>14} {'window steps':>13}")
+for name, p in PROMPTS.items():
+    flat = minila.lookahead_generate(model, p, LONG, flat_limits, tokenizer.eos_ids, budget=CostBudget(flat_curve.relative))
+    assert flat.tokens == auto_runs[name].tokens
+    for label, gen in (("CPU", auto_runs[name]), ("flat", flat)):
+        window_steps = sum(s.plan.window for s in gen.stats[1:])
+        print(f"{name:<6} {label:<6} {gen.compression:>5.2f} {np.mean([s.width for s in gen.stats[1:]]):>14.1f} "
+              f"{window_steps:>6}/{gen.steps - 1:<6}")  # fmt: skip
+
+# %% [markdown]
+# Same tokens, a very different step: on this CPU a handful of rows where they are likely
+# to pay, on a flat curve the whole window every step, as the paper runs it on a GPU. The
+# budget needs no table of settings measured on other prompts: its costs come from this
+# machine and its chances from the text being decoded. Across runs, the n-gram memory
+# (`minila/memory.py`, `--memory`) adds what earlier answers said after the same two
+# tokens: ask the same kind of question twice and the second answer is faster.
