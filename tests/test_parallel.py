@@ -113,7 +113,7 @@ def built(spec):
 
 
 @pytest.mark.slow
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(tiny_models(), configs, st.data())
 def test_lockstep_ranks_equal_greedy_in_the_same_steps(spec, config, data):
     model = built(spec)
