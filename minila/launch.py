@@ -244,3 +244,29 @@ def main(args) -> int:
     if args.json and launch.rank == 0:
         print(json.dumps(result))
     return 0
+
+
+def bench_main(args) -> int:
+    """`minila.bench` under torchrun: greedy on every rank, la:W,N,G[,C] split over them."""
+    from minila.bench import parse_configs
+    from minila.bench import run as bench_run
+
+    launch = None
+    try:
+        launch = read_launch()
+        methods = parse_configs(args.configs) if args.dataset else []
+        other = [m.name for m in methods if m.kind not in ("greedy", "lookahead") or (m.kind == "lookahead" and not m.params)]
+        if other:
+            raise LaunchError(f"under torchrun the bench runs greedy and la:W,N,G[,C] only; drop {' '.join(other)} from --configs")
+        for m in methods:
+            if m.kind == "lookahead":
+                check_split(m.params[0], launch)
+        device, backend = rank_device(args.device, launch)
+        join_group(launch, backend, device, timeout_s=60.0)
+        args.device = str(device)
+        bench_run(args, (lambda s: print(s, file=sys.stderr, flush=True)) if launch.rank == 0 else (lambda s: None), launch)
+    except MinilaError as e:
+        return fail(e, launch)
+    finally:
+        leave_group()
+    return 0
