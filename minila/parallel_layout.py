@@ -159,3 +159,15 @@ def rank_layout(
     if len(columns) < 1 or columns.step != 1 or levels < 1 or refeed < 0:
         raise ValueError(f"need contiguous columns, levels >= 1, refeed >= 0; got {columns}, {levels}, {refeed}")
     return _build(columns, levels, refeed, tuple(tree_parents), str(device))
+
+
+def nominal_rank_widths(window: int, ngram: int, guess: int, copy: int, ranks: int, refeed: int = 0) -> tuple[int, ...]:
+    """Rows each rank feeds in a step with a full window and a full, unshared candidate
+    list (G n-grams of N-1 tokens, and a copy candidate of `copy` tokens): the width
+    the cost model of lookahead parallelism charges each rank."""
+    levels = ngram - 1
+    columns = cut_columns(window, levels, ranks)
+    base = [refeed + rank_cost(c.start, c.stop, levels) for c in columns]
+    lengths = ([copy] if copy else []) + [ngram - 1] * guess
+    shares = assign_candidates(lengths, base)
+    return tuple(b + sum(lengths[j] for j in share) for b, share in zip(base, shares))

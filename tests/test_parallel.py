@@ -21,7 +21,7 @@ from minila import LookaheadConfig, greedy_generate, lookahead_generate
 from minila.generate import main
 from minila.layout import candidate_tree, step_layout
 from minila.parallel import Payload, RankDecoder, lockstep_generate
-from minila.parallel_layout import assign_candidates, cut_columns, rank_cost, rank_layout
+from minila.parallel_layout import assign_candidates, cut_columns, nominal_rank_widths, rank_cost, rank_layout
 
 # ------------------------------------------------------------------------- the cut (pure)
 
@@ -247,3 +247,13 @@ def test_torchrun_json_is_one_object_with_the_ranks(make_tiny_llama, capsys):
     assert main([*common, "--mode", "lookahead", *FIXED]) == 0  # the same options in one process
     single = json.loads(capsys.readouterr().out)
     assert single["tokens"] == out["tokens"] and single["steps"] == out["steps"] and "ranks" not in single
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 20), st.integers(2, 6), st.integers(0, 15), st.sampled_from([0, 3, 10]), st.data())
+def test_nominal_widths_split_the_single_process_step(window, ngram, guess, copy, data):
+    ranks = data.draw(st.integers(1, window))
+    widths = nominal_rank_widths(window, ngram, guess, copy, ranks)
+    one = LookaheadConfig(window, ngram, guess, copy=copy).step_tokens
+    assert nominal_rank_widths(window, ngram, guess, copy, 1) == (one,)
+    assert len(widths) == ranks and max(widths) <= one <= sum(widths)  # the block-0 prefix is fed more than once
