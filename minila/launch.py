@@ -102,7 +102,10 @@ def join_group(launch: Launch, backend: str, device: torch.device, timeout_s: fl
         torch.cuda.set_device(device)
     try:
         with _quiet_stderr():  # c10d logs every connection retry, stack frames included; we say it in one line
-            dist.init_process_group(backend, rank=launch.rank, world_size=launch.world, timeout=timedelta(seconds=timeout_s))
+            dist.init_process_group(
+                backend, rank=launch.rank, world_size=launch.world, timeout=timedelta(seconds=timeout_s),
+                **({"device_id": device} if device.type == "cuda" else {}),  # NCCL: bind this rank's GPU now
+            )
             dist.barrier()  # every rank is there: the first collective must not wait on a missing one
     except Exception as e:  # torch raises several kinds (DistNetworkError, RuntimeError, ValueError)
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__

@@ -23,8 +23,14 @@ each step: committed rows + tokens to re-feed == everything accepted except the 
 token. The step count does not change: the re-fed tokens ride in the next forward,
 which happens anyway, and every row of it sees exactly the history it would see in
 one process (committed rows or re-fed rows, the same tokens at the same positions).
-Moving the winner's keys and values to the other ranks instead would need a second,
-larger collective after the all-gather; bench/lp_carry_cost.py measures both.
+Why re-feed rather than send the winner's keys and values to the others: sending needs a
+second collective after the all-gather (only then is the winner known) on every step's
+critical path, of m x layers x 2 x kv_heads x head_dim numbers (2 MiB for 4 tokens of a
+7B model in fp16), while re-fed rows ride in a forward that runs anyway, nearly free where
+LP pays (a GPU's memory-bound forward). bench/lp_carry_cost.py times both: on the 2-core
+CPU a re-fed token costs about 1 ms of forward and a broadcast about 0.4 ms, so there
+moving would save 1-2% of a step; we keep the simpler exchange, in which every rank's
+cache holds only rows that rank computed itself.
 
 Every emitted token is still one rank's model argmax along an accepted path, so the
 output equals greedy decoding's, and the number of steps equals single-process

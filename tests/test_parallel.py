@@ -113,7 +113,7 @@ def built(spec):
 
 
 @pytest.mark.slow
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(tiny_models(), configs, st.data())
 def test_lockstep_ranks_equal_greedy_in_the_same_steps(spec, config, data):
     model = built(spec)
@@ -229,7 +229,7 @@ def test_bad_launches_exit_2_on_every_rank_with_one_line(make_tiny_llama, monkey
 @pytest.mark.slow
 def test_torchrun_json_is_one_object_with_the_ranks(make_tiny_llama, capsys):
     folder, _ = make_tiny_llama()
-    common = ["--ckpt", str(folder), "--prompt", "the quick fox", "--max-new-tokens", "24", "--json", "--device", "cpu"]
+    common = ["--ckpt", str(folder), "--prompt", "the quick fox", "--max-new-tokens", "16", "--json", "--device", "cpu"]
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(os.getcwd()), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(

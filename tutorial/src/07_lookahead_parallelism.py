@@ -133,12 +133,12 @@ plt.show()
 # %%
 prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Write a Python function that reverses a list."}])
 config = minila.LookaheadConfig(window=W, ngram=N, guess=G)
-greedy = minila.greedy_generate(model, prompt, 40, tokenizer.eos_ids)
-single = minila.lookahead_generate(model, prompt, 40, config, tokenizer.eos_ids)
+greedy = minila.greedy_generate(model, prompt, 32, tokenizer.eos_ids)
+single = minila.lookahead_generate(model, prompt, 32, config, tokenizer.eos_ids)
 print(f"one process: {single.steps} steps, S = {single.compression:.2f}, "
       f"{np.mean([s.width for s in single.stats[1:]]):.1f} rows per step")  # fmt: skip
 for ranks in (2, 4):
-    gens = lockstep_generate(model, prompt, 40, config, ranks, tokenizer.eos_ids)
+    gens = lockstep_generate(model, prompt, 32, config, ranks, tokenizer.eos_ids)
     same = all(g.tokens == greedy.tokens for g in gens)
     widths = np.mean(gens[0].rank_widths, axis=0)
     print(f"{ranks} ranks: {gens[0].steps} steps, identical to greedy on every rank: {same}, "
@@ -222,7 +222,7 @@ def widest(w, ranks):
 
 
 torch.set_num_threads(1)
-curve1 = measure_cost_curve(model, widths=(1, 4, 8, 16, 32, 64, 128), context=200, repeats=2)
+curve1 = measure_cost_curve(model, widths=(1, 8, 16, 32, 64), context=200, repeats=2)  # linear beyond 64
 torch.set_num_threads(2)
 
 
