@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -53,9 +53,6 @@ from minila.ngram_pool import ContextLookup, NGramPool
 from minila.parallel_layout import RankLayout, assign_candidates, cut_columns, rank_cost, rank_layout
 from minila.verify import verify
 from minila.window import LookaheadWindow
-
-# all-gather: every rank's (P,) payload -> (K, P), in rank order
-AllGather = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -135,6 +132,7 @@ class RankDecoder:
         self.lookup = ContextLookup()
         self.lookup.extend(self.context)
         self.payload = Payload(1 + refeed_max, config.window)  # a chunk never exceeds the window
+        self._start = 0.0  # perf_counter at the start of the current step
 
     @property
     def done(self) -> bool:
@@ -163,9 +161,11 @@ class RankDecoder:
         last, model = self.context[-1], self.model
         candidates = self._candidates()
         columns, shares = self._cut(candidates)
-        mine = shares[self.rank]
-        tree: CandidateTree = candidate_tree([candidates[j] for j in mine])
-        layout: RankLayout = rank_layout(columns[self.rank], len(self.window.levels), len(self.refed), tree.parents, model.device)
+        mine = shares[self.rank]  # global indices of this rank's candidates
+        own = [candidates[j] for j in mine]
+        tree: CandidateTree = candidate_tree(own)  # shared prefixes within this rank are fed once
+        levels = len(self.window.levels)
+        layout: RankLayout = rank_layout(columns[self.rank], levels, len(self.refed), tree.parents, model.device)
         tokens = torch.tensor(layout.pack(self.refed, last, self.window.levels, tree.tokens), device=model.device)  # (T,)
         positions = (self.cache.length + layout.depth).clamp_(max=model.args.max_seq_len - 1)  # (T,)
         logits = model(tokens, positions, self.cache, layout.mask, layout.logit_rows)  # (R, vocab)
@@ -173,8 +173,9 @@ class RankDecoder:
         self.cache.commit(list(range(layout.last_row + 1)))
 
         fresh = logits[layout.top].argmax(dim=-1).tolist()  # this rank's columns of the new top level
-        own = [candidates[j] for j in mine]
-        verdict = verify(int(logits[0].argmax()), own, lambda j, k: int(logits[layout.first_node_logit + tree.paths[j][k]].argmax()))
+        verdict = verify(  # logits row 0 is `last`: the first token, computed by every rank alike
+            int(logits[0].argmax()), own, lambda j, k: int(logits[layout.first_node_logit + tree.paths[j][k]].argmax())
+        )
         winner = None if verdict.candidate is None else mine[verdict.candidate]
         return torch.tensor(self.payload.pack(layout.size, verdict.tokens, winner, fresh), device=model.device)
 
@@ -183,7 +184,7 @@ class RankDecoder:
         rows = [self.payload.unpack(row) for row in gathered]
         # the winner: most tokens, then the lowest candidate index (verify's tie rule)
         best = max(rows, key=lambda r: (r[1], -r[2]))  # max() keeps the first (lowest rank) of equals
-        _, matched, winner, tokens, _ = best
+        _, _, winner, tokens, _ = best
         fresh = [tok for r in rows for tok in r[4]]  # chunks are contiguous and in rank order
         last = self.context[-1]
         self.pool.add_all(self.window.ngrams(last, fresh))
