@@ -257,3 +257,14 @@ def test_nominal_widths_split_the_single_process_step(window, ngram, guess, copy
     one = LookaheadConfig(window, ngram, guess, copy=copy).step_tokens
     assert nominal_rank_widths(window, ngram, guess, copy, 1) == (one,)
     assert len(widths) == ranks and max(widths) <= one <= sum(widths)  # the block-0 prefix is fed more than once
+
+
+@pytest.mark.parametrize("configs, message", [(["greedy", "hf"], "drop hf"), (["la:2,3,2"], "window has 2 columns")])
+def test_bench_under_torchrun_checks_its_methods(monkeypatch, capsys, tmp_path, configs, message):
+    from minila.bench import main as bench_main
+
+    launch_env(monkeypatch, 0, 3)
+    argv = ["--ckpt", str(tmp_path), "--dataset", "mtbench", "--configs", *configs, "--threads", "1"]
+    assert bench_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
