@@ -40,6 +40,7 @@ from minila.errors import MinilaError
 from minila.generation import Generation
 from minila.greedy import greedy_generate
 from minila.jacobi import jacobi_generate
+from minila.launch import launched_by_torchrun
 from minila.lookahead import LookaheadConfig, lookahead_generate
 from minila.memory import LENGTH, NGramMemory, tokenizer_fingerprint
 from minila.model import Transformer
@@ -71,6 +72,7 @@ class Run:
     fed: int  # tokens fed to the model after the prefill (for the mean step width)
     trimmed: int = 0  # tokens a peer produced past the first EOS or the budget
     outside: float | None = None  # seconds of the steps after the prefill spent outside the forward
+    rank_fed: tuple[int, ...] = ()  # lookahead parallelism: rows each rank fed after the prefill
 
 
 # prompt ids, max_new_tokens -> Run
@@ -134,7 +136,9 @@ def minila_decoder(model: Transformer, decode: Callable[[Sequence[int], int], Ge
         gen = decode(ids, max_new_tokens)
         seconds = clock(model.device) - start
         outside = sum(s.seconds - s.forward_seconds for s in gen.stats[1:]) if gen.stats[1:] and gen.stats[1].forward_seconds else None
-        return Run(gen.tokens, gen.steps, seconds, sum(s.width for s in gen.stats[1:]), outside=outside)
+        ranks = range(getattr(gen, "ranks", 0))  # a ParallelGeneration knows every rank's width
+        rank_fed = tuple(sum(w[r] for w in gen.rank_widths) for r in ranks)
+        return Run(gen.tokens, gen.steps, seconds, sum(s.width for s in gen.stats[1:]), outside=outside, rank_fed=rank_fed)
 
     return run
 
@@ -199,10 +203,17 @@ def cut(tokens: list[int], eos_ids: Sequence[int], max_new_tokens: int) -> list[
 
 
 def build_decoders(
-    methods, model, tokenizer, ckpt, seed: int, memory: NGramMemory | None = None
+    methods,
+    model,
+    tokenizer,
+    ckpt,
+    seed: int,
+    memory: NGramMemory | None = None,
+    lookahead: Callable[..., Generation] = lookahead_generate,
 ) -> tuple[dict[str, Decoder], dict]:
     """One Decoder per method, and facts to record (lookahead settings, peer version).
-    `memory` is what la:auto remembers across the run's prompts (None: nothing)."""
+    `memory` is what la:auto remembers across the run's prompts (None: nothing);
+    `lookahead` decodes the fixed la:W,N,G methods (under torchrun: minila.parallel's)."""
     eos = list(tokenizer.eos_ids)
     decoders: dict[str, Decoder] = {}
     info: dict = {}
@@ -223,9 +234,13 @@ def build_decoders(
             info[m.name] = {"window": config.window, "ngram": config.ngram, "guess": config.guess, "copy": config.copy}
             if budget is not FULL:
                 info[m.name]["budget"] = "cost"
-            decoders[m.name] = minila_decoder(
-                model, lambda ids, k, c=config, b=budget, r=recall: lookahead_generate(model, ids, k, c, eos, budget=b, memory=r)
-            )
+
+            def decode(ids, k, c=config, b=budget, r=recall):
+                if b is FULL:  # the paper's step, which lookahead parallelism can split
+                    return lookahead(model, ids, k, c, eos)
+                return lookahead_generate(model, ids, k, c, eos, budget=b, memory=r)
+
+            decoders[m.name] = minila_decoder(model, decode)
         else:
             if peer is None:
                 peer = HFPeer(ckpt, model.device, model.dtype, eos)
@@ -272,6 +287,7 @@ def run_benchmark(
                 "tokens": len(r.tokens), "steps": r.steps, "seconds": round(r.seconds, 5), "fed": r.fed,
                 "identical": div is None, "first_divergence": div, "trimmed": r.trimmed, "ids": r.tokens,
                 "outside": r.outside, "speedup": runs["greedy"].seconds / r.seconds if r.seconds else 0.0,
+                **({"rank_fed": list(r.rank_fed)} if r.rank_fed else {}),
             })  # fmt: skip
             mark = "" if div is None else f" DIFF@{div}"
             parts.append(f"{name} S={len(r.tokens) / r.steps:.2f} {r.seconds:.2f}s{mark}")
@@ -299,6 +315,8 @@ def summarize(rows: list[dict]) -> list[dict]:
             "outside_ms": 1000 * sum(r["outside"] for r in mine) / decode_steps
             if decode_steps and all(r["outside"] is not None for r in mine) else None,
         })  # fmt: skip
+        if decode_steps and all("rank_fed" in r for r in mine):  # rows per step on each rank
+            out[-1]["rank_fed_per_step"] = [sum(col) / decode_steps for col in zip(*(r["rank_fed"] for r in mine))]
     greedy = next(s for s in out if s["method"] == "greedy")
     for s in out:
         s["speedup"] = s["tokens_per_second"] / greedy["tokens_per_second"] if greedy["tokens_per_second"] else 0.0
@@ -362,6 +380,17 @@ def markdown(meta: dict, summary: list[dict] | None, curve: list[dict] | None) -
             "greedy's, token for token. Peers (hf*): transformers generate; their forward passes are counted "
             "by a hook on the model, their output cut at the first EOS and at the budget.",
         ]
+        parallel = [s for s in summary if s.get("rank_fed_per_step")]
+        if parallel:
+            lines += ["", f"## Lookahead parallelism: each step split over {meta['ranks']} ranks", "",
+                      "| method | rows/step per rank | widest rank | step cost |", "| --- | --- | --- | --- |"]  # fmt: skip
+            for s in parallel:
+                per_rank = s["rank_fed_per_step"]
+                lines.append(f"| {s['method']} | {' / '.join(f'{w:.1f}' for w in per_rank)} | {max(per_rank):.1f} | "
+                             f"{s['step_cost']:.2f} |")  # fmt: skip
+            lines += ["", "Rows per rank: mean tokens each rank fed per step (its columns, the block-0 prefix they "
+                      "attend to, its candidates, the re-fed accepted tokens); fed/step above is the widest rank's. "
+                      "Step cost: seconds per step over greedy's, greedy running on every rank alike."]  # fmt: skip
         chosen = (meta.get("lookahead") or {}).get("la:auto")
         if chosen:
             memory = meta.get("memory") or "empty at start"
@@ -462,7 +491,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+def run(args: argparse.Namespace, log: Callable[[str], None], launch=None) -> dict:
+    """The benchmark; `launch` (minila.launch.Launch) when started by torchrun: then every
+    rank runs it in step, the la:* methods split each step over the ranks, rank 0 reports."""
     if not args.dataset and not args.cost_curve:
         raise MinilaError("give --dataset (mtbench, humaneval or FILE.jsonl), --cost-curve, or both")
     if args.limit < 0 or args.max_new_tokens < 1:
@@ -470,6 +501,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     methods = parse_configs(args.configs) if args.dataset else []
     torch.set_num_threads(args.threads)
     model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
+    lookahead = lookahead_generate
+    if launch is not None:
+        from minila.parallel import parallel_generate as lookahead
     label = Path(args.dataset).stem if args.dataset else "cost-curve"
     out = Path(args.out or Path("bench/out") / label)
     meta = {
@@ -478,6 +512,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         "device": str(model.device), "dtype": args.dtype, "seed": args.seed, "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "configs": [m.name for m in methods],
+        "ranks": launch.world if launch else 1,
     }  # fmt: skip
     result: dict = {"meta": meta}
     if args.cost_curve:
@@ -497,7 +532,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             if args.memory:
                 memory = NGramMemory.load(args.memory, fingerprint, model.args.vocab_size)
                 meta["memory"] = f"{args.memory} ({len(memory)} continuations at start)"
-        decoders, info = build_decoders(methods, model, tokenizer, args.ckpt, args.seed, memory)
+        decoders, info = build_decoders(methods, model, tokenizer, args.ckpt, args.seed, memory, lookahead)
         meta["transformers"] = info.pop("transformers", None)
         meta["lookahead"] = info
         log(f"bench: {len(prompts)} prompts x {len(decoders)} methods ({', '.join(decoders)}), "
@@ -508,6 +543,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         summary = summarize(rows)
         result["summary"], result["rows"] = summary, rows
 
+    if launch is not None and launch.rank != 0:
+        return result  # rank 0 reports
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     table = markdown(meta, summary, result.get("cost_curve"))
@@ -520,6 +557,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if launched_by_torchrun():  # la:* methods split over the ranks: minila.launch
+        from minila.launch import bench_main
+
+        return bench_main(args)
     try:
         run(args, log=lambda s: print(s, file=sys.stderr, flush=True))
     except MinilaError as e:

@@ -25,6 +25,7 @@ from minila.errors import MinilaError
 from minila.generation import Generation, OnTokens
 from minila.greedy import greedy_generate
 from minila.jacobi import jacobi_generate
+from minila.launch import launched_by_torchrun
 from minila.lookahead import LookaheadConfig, lookahead_generate
 from minila.memory import NGramMemory, default_path, tokenizer_fingerprint
 from minila.sampling import SamplingConfig, sample_generate
@@ -78,6 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--json", action="store_true", help="print one JSON object, no streaming")
+    p.add_argument("--rendezvous-timeout", type=float, default=60.0,
+                   help="under torchrun (lookahead parallelism): seconds to wait for every rank")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -205,6 +208,10 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if launched_by_torchrun():  # one request's steps split over the ranks: minila.launch
+        from minila.launch import main as parallel_main
+
+        return parallel_main(args)
     try:
         result = run(args)
     except MinilaError as e:

@@ -150,3 +150,16 @@ def make_tiny_llama(tmp_path: Path, sp_model_file: Path):
         return folder, _write_tiny_llama(folder, sp_model_file, **kwargs)
 
     return make
+
+
+# ------------------------------------------------------------------------- lookahead parallelism
+
+
+@pytest.fixture(scope="session")
+def rank_pool():
+    """Two gloo ranks serving decoding jobs for the whole session (see rank_pool.py)."""
+    from rank_pool import RankPool
+
+    pool = RankPool(ranks=2)
+    yield pool
+    pool.close()

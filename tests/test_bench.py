@@ -211,3 +211,27 @@ def test_bench_end_to_end(make_tiny_llama, tmp_path: Path, one_thread):
 def test_bench_cli_errors(tmp_path: Path, capsys):
     assert main(["--ckpt", str(tmp_path)]) == 2
     assert "--dataset" in capsys.readouterr().err
+
+
+def test_parallel_rows_report_every_ranks_width(one_thread):
+    """Under torchrun the la:* decoder is minila.parallel's; here two simulated ranks
+    stand in, and the rows and the report carry each rank's rows per step."""
+    from minila.parallel import lockstep_generate
+
+    model = tiny_model(3, vocab=64, max_seq_len=160)
+    prompt = (5, 6, 7, 5, 6, 7, 5, 6)
+
+    def two_ranks(m, ids, k, config, eos):
+        return lockstep_generate(m, ids, k, config, 2, eos)[0]
+
+    decoders, _ = build_decoders(parse_configs(["la:4,3,3"]), model, FakeTokenizer(), None, 0, two_ranks)
+    rows = run_benchmark(decoders, [Prompt("a", prompt, "a")], 12)
+    la = next(r for r in rows if r["method"] == "la:4,3,3")
+    gen = lockstep_generate(model, prompt, 12, LookaheadConfig(4, 3, 3), 2, FakeTokenizer.eos_ids)[0]
+    assert la["rank_fed"] == [sum(w[r] for w in gen.rank_widths) for r in (0, 1)] and la["identical"]
+    assert "rank_fed" not in next(r for r in rows if r["method"] == "greedy")
+    s = next(s for s in summarize(rows) if s["method"] == "la:4,3,3")
+    assert len(s["rank_fed_per_step"]) == 2 and max(s["rank_fed_per_step"]) <= s["fed_per_step"] + 1e-9
+    meta = {"dataset": "x", "model": "tiny", "device": "cpu", "dtype": "float64", "threads": 1, "torch": "2",
+            "max_new_tokens": 12, "date": "today", "machine": "m", "ranks": 2}  # fmt: skip
+    assert "split over 2 ranks" in markdown(meta, summarize(rows), None)

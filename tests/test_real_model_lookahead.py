@@ -19,7 +19,7 @@ CONFIGS = [
     LookaheadConfig(window=5, ngram=4, guess=5, copy=10),  # with a prompt-lookup candidate, as auto picks on a CPU
     LookaheadConfig(window=3, ngram=3, guess=2, warmup="seed", pool_from_output=False),
 ]
-N_PROMPTS, MAX_NEW = 8, 128
+N_PROMPTS, MAX_NEW = 7, 128  # 8 before the 2-rank test below reused these decodes
 
 
 @pytest.fixture(scope="module", params=DEVICES)
@@ -35,19 +35,56 @@ def mtbench(model_on_device):
     return load_prompts("mtbench", tokenizer, limit=N_PROMPTS)
 
 
-def test_lookahead_equals_greedy_on_mtbench(model_on_device, mtbench):
+@pytest.fixture(scope="module")
+def reference():
+    """(device, prompt, config or None for greedy) -> Generation, computed once per module:
+    the parallel test below reuses what the single-process test decoded."""
+    memo = {}
+
+    def get(model, tokenizer, prompt, config=None):
+        key = (str(model.device), prompt.name, config)
+        if key not in memo:
+            memo[key] = (
+                greedy_generate(model, prompt.ids, MAX_NEW, tokenizer.eos_ids) if config is None
+                else lookahead_generate(model, prompt.ids, MAX_NEW, config, tokenizer.eos_ids)
+            )  # fmt: skip
+        return memo[key]
+
+    return get
+
+
+def test_lookahead_equals_greedy_on_mtbench(model_on_device, mtbench, reference):
     model, tokenizer = model_on_device
     compressions = {c: [] for c in CONFIGS}
     for prompt in mtbench:
-        greedy = greedy_generate(model, prompt.ids, MAX_NEW, tokenizer.eos_ids)
+        greedy = reference(model, tokenizer, prompt)
         for config in CONFIGS:
-            look = lookahead_generate(model, prompt.ids, MAX_NEW, config, tokenizer.eos_ids)
+            look = reference(model, tokenizer, prompt, config)
             assert look.tokens == greedy.tokens, f"{prompt.name} {config}"
             compressions[config].append(look.compression)
     for config, values in compressions.items():
         mean = sum(values) / len(values)
         print(f"{config.label}: mean S = {mean:.3f}")
         assert mean > 1.0, config
+
+
+def test_two_gloo_ranks_on_mtbench(model_on_device, mtbench, reference, rank_pool, smollm2_dir):
+    """Lookahead parallelism on the real model, fp32 on 2 CPU ranks: greedy's tokens in
+    exactly single-process lookahead's number of steps."""
+    model, tokenizer = model_on_device
+    if model.device.type != "cpu":
+        pytest.skip("the gloo ranks run on the CPU")
+    config = CONFIGS[1]
+    for prompt in mtbench[:2]:
+        greedy, single = reference(model, tokenizer, prompt), reference(model, tokenizer, prompt, config)
+        job = {"model": ("checkpoint", str(smollm2_dir)), "prompt": prompt.ids, "max_new": MAX_NEW,
+               "eos": list(tokenizer.eos_ids), "config": vars(config)}  # fmt: skip
+        for out in rank_pool.run(job):
+            assert out["tokens"] == greedy.tokens, prompt.name
+            assert out["steps"] == single.steps, prompt.name
+        widths = [max(w) for w in out["rank_widths"]]
+        print(f"{prompt.name}: 2 ranks, S={len(greedy.tokens) / single.steps:.2f}, widest rank "
+              f"{sum(widths) / len(widths):.1f} rows/step vs {sum(s.width for s in single.stats[1:]) / (single.steps - 1):.1f}")
 
 
 # bfloat16: a block forward and a token-by-token forward round differently, so at a

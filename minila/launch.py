@@ -1,0 +1,275 @@
+"""Lookahead parallelism, part 3: ranks started by torchrun, and the command line under it.
+
+    torchrun --nproc-per-node K -m minila.generate --ckpt DIR -W 15 -N 5 -G 15 --copy 0 ...
+
+torchrun starts K copies of the command and tells each, in its environment, its RANK,
+the WORLD_SIZE K, its LOCAL_RANK on this machine and where the rendezvous is
+(MASTER_ADDR, MASTER_PORT). `minila.generate` sees RANK and WORLD_SIZE and hands over
+to `main` here; a plain `python -m minila.generate` never imports this module.
+
+Each rank takes one device: the CPU (gloo collectives) or GPU cuda:LOCAL_RANK (NCCL).
+Bad launches end every rank with exit code 2 and one line. Who prints it: an error that
+every rank finds from the same inputs (the options, more ranks than window columns or
+GPUs) is printed by rank 0 alone, since K copies of the same line help nobody; an error
+only some ranks may meet (reaching the rendezvous) is printed by each rank that meets
+it, with its rank, since rank 0 may never know.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Mapping
+
+import torch
+
+from minila.errors import MinilaError
+
+
+class LaunchError(MinilaError):
+    """A bad launch. `local`: only this rank can know (it prints the message itself)."""
+
+    def __init__(self, message: str, local: bool = False) -> None:
+        super().__init__(message)
+        self.local = local
+
+
+@dataclass(frozen=True)
+class Launch:
+    rank: int
+    world: int  # K ranks in all
+    local_rank: int  # this rank's index on its machine: its GPU
+    local_world: int  # ranks on this machine
+
+
+def launched_by_torchrun(env: Mapping[str, str] = os.environ) -> bool:
+    return "RANK" in env and "WORLD_SIZE" in env
+
+
+def read_launch(env: Mapping[str, str] = os.environ) -> Launch:
+    try:
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local_rank = int(env.get("LOCAL_RANK", rank))
+        local_world = int(env.get("LOCAL_WORLD_SIZE", world))
+    except ValueError:
+        raise LaunchError("RANK, WORLD_SIZE, LOCAL_RANK must be integers: launch with torchrun") from None
+    if not 0 <= rank < world or not 0 <= local_rank < local_world:
+        raise LaunchError(f"rank {rank} of {world} (local {local_rank} of {local_world}) is not a valid launch")
+    return Launch(rank, world, local_rank, local_world)
+
+
+def rank_device(device: str, launch: Launch) -> tuple[torch.device, str]:
+    """This rank's device and the collective backend for it."""
+    if device.startswith("cuda:"):
+        raise LaunchError(f"--device {device}: under torchrun each rank takes GPU LOCAL_RANK; pass --device cuda")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return torch.device("cpu"), "gloo"
+    if device != "cuda":
+        raise LaunchError(f"--device {device}: lookahead parallelism runs on cpu (gloo) or cuda (NCCL)")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if launch.local_world > count:
+        fix = f"use --nproc-per-node {count} or less, or --device cpu" if count else "use --device cpu"
+        raise LaunchError(f"{launch.local_world} ranks on this machine but {count} CUDA GPU(s) visible (one per rank): {fix}")
+    return torch.device("cuda", launch.local_rank), "nccl"
+
+
+def check_split(window: int, launch: Launch) -> None:
+    if launch.world > window:
+        raise LaunchError(
+            f"{launch.world} ranks but the window has {window} columns: every rank needs one; "
+            f"use --nproc-per-node {window} or less, or a wider --window"
+        )
+
+
+def join_group(launch: Launch, backend: str, device: torch.device, timeout_s: float) -> None:
+    """Join the process group at the rendezvous torchrun announced, or fail clearly."""
+    import torch.distributed as dist
+
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise LaunchError(
+            f"no rendezvous: {' and '.join(missing)} not set; start the ranks with "
+            "`torchrun --nproc-per-node K -m minila.generate ...`"
+        )
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    try:
+        with _quiet_stderr():  # c10d logs every connection retry, stack frames included; we say it in one line
+            dist.init_process_group(
+                backend, rank=launch.rank, world_size=launch.world, timeout=timedelta(seconds=timeout_s),
+                **({"device_id": device} if device.type == "cuda" else {}),  # NCCL: bind this rank's GPU now
+            )
+            dist.barrier()  # every rank is there: the first collective must not wait on a missing one
+    except Exception as e:  # torch raises several kinds (DistNetworkError, RuntimeError, ValueError)
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise LaunchError(
+            f"rank {launch.rank}: could not join the {launch.world}-rank group at the rendezvous {where} within "
+            f"{timeout_s:g} s ({reason}); check that all ranks were started (--rendezvous-timeout to wait longer)",
+            local=True,
+        ) from None
+
+
+@contextmanager
+def _quiet_stderr():
+    """Send file descriptor 2 (where C++ logs go) to /dev/null for a while."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def leave_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def fail(error: MinilaError, launch: Launch | None) -> int:
+    """Print the one line by the rule in the module docstring; every rank returns 2."""
+    local = isinstance(error, LaunchError) and error.local
+    if launch is None or launch.rank == 0 or local:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    return 2
+
+
+# ------------------------------------------------------------------------- the command line
+
+
+def check_options(args) -> None:
+    """What lookahead parallelism needs from `minila.generate`'s options."""
+    if args.mode not in ("lookahead", "compare"):
+        raise LaunchError(f"--mode {args.mode} runs in one process: start it with python, not torchrun")
+    if args.temperature is not None:
+        raise LaunchError("lookahead parallelism is greedy: drop --temperature")
+    auto = [f"--{k}" for k in ("window", "ngram", "guess", "copy") if getattr(args, k) == "auto"]
+    if auto:
+        raise LaunchError(
+            f"{', '.join(auto)} auto: auto-tuning times one process, so under torchrun give the settings, "
+            "e.g. -W 15 -N 5 -G 15 --copy 0"
+        )
+
+
+def run(args, launch: Launch) -> dict:
+    from minila import generate as cli  # the single-process CLI's helpers (options, printing)
+    from minila.checkpoint import load_checkpoint
+    from minila.greedy import greedy_generate
+    from minila.parallel import parallel_generate
+
+    check_options(args)
+    config = cli.lookahead_config(args)  # validates W, N, G, copy
+    check_split(config.window, launch)
+    device, backend = rank_device(args.device, launch)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    join_group(launch, backend, device, args.rendezvous_timeout)
+    model, tokenizer = load_checkpoint(args.ckpt, device=str(device), dtype=args.dtype)
+    if device.type == "cuda":  # exactness in float32 needs full-precision products (DESIGN §4)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    prompt_ids = tokenizer.encode(args.prompt) if args.no_chat else tokenizer.apply_chat_template(
+        [{"role": "user", "content": args.prompt}]
+    )
+    eos, k = tokenizer.eos_ids, args.max_new_tokens
+    speaker = launch.rank == 0 and not args.json  # rank 0 alone streams and prints
+    color = speaker and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    greedy_generate(model, prompt_ids[-8:], 2)  # untimed warm-up, as in one process
+
+    def lookahead() -> dict:
+        on_tokens, finish = cli.make_printer(tokenizer, color) if speaker else (None, None)
+        gen = parallel_generate(model, prompt_ids, k, config, eos, on_tokens)
+        if finish:
+            finish()
+        per_rank = [sum(w[r] for w in gen.rank_widths) / max(len(gen.rank_widths), 1) for r in range(launch.world)]
+        parallel = {
+            "ranks": launch.world,
+            "rank_width": [round(w, 2) for w in per_rank],  # mean rows fed per decoding step, per rank
+            "gather_seconds": round(sum(gen.gather_seconds), 4),  # rank 0's time in the all-gather (waits included)
+        }
+        return {"gen": gen, **parallel}
+
+    if args.mode == "lookahead":
+        out = lookahead()
+        gen = out.pop("gen")
+        result = {"mode": "lookahead", "text": tokenizer.decode(gen.tokens, skip_special_tokens=True),
+                  **cli.summary(gen), **out, "config": asdict(config)}  # fmt: skip
+        if speaker:
+            print(
+                f"[lookahead x{launch.world} ranks] {len(gen.tokens)} new tokens in {gen.steps} steps "
+                f"(compression {gen.compression:.2f}), {gen.seconds:.2f} s, {gen.tokens_per_second:.1f} tok/s, "
+                f"{config.label}, rows per rank {out['rank_width']}"
+            )
+        return result
+
+    greedy = greedy_generate(model, prompt_ids, k, eos)  # on every rank: they stay in step
+    out = lookahead()
+    look = out.pop("gen")
+    div = cli.first_divergence(greedy.tokens, look.tokens)
+    speedup = greedy.seconds / look.seconds if look.seconds > 0 else 0.0
+    result = {
+        "mode": "compare", "text": tokenizer.decode(look.tokens, skip_special_tokens=True), **cli.summary(look),
+        "identical": div is None, "first_divergence": div, "speedup": round(speedup, 3),
+        "greedy": cli.summary(greedy), **out, "config": asdict(config),
+    }  # fmt: skip
+    if speaker:
+        print(
+            f"[greedy]    {len(greedy.tokens)} tokens, {greedy.steps} steps, {greedy.tokens_per_second:.1f} tok/s\n"
+            f"[lookahead x{launch.world} ranks] {len(look.tokens)} tokens, {look.steps} steps (compression "
+            f"{look.compression:.2f}), {look.tokens_per_second:.1f} tok/s, {config.label}, rows per rank "
+            f"{out['rank_width']}\nidentical to greedy: {'yes' if div is None else f'NO, first divergence at token {div}'}"
+            f"; speedup {speedup:.2f}x"
+        )
+    return result
+
+
+def main(args) -> int:
+    """`minila.generate` under torchrun: every rank runs this; rank 0 prints."""
+    launch = None
+    try:
+        launch = read_launch()
+        result = run(args, launch)
+    except MinilaError as e:
+        return fail(e, launch)
+    finally:
+        leave_group()
+    if args.json and launch.rank == 0:
+        print(json.dumps(result))
+    return 0
+
+
+def bench_main(args) -> int:
+    """`minila.bench` under torchrun: greedy on every rank, la:W,N,G[,C] split over them."""
+    from minila.bench import parse_configs
+    from minila.bench import run as bench_run
+
+    launch = None
+    try:
+        launch = read_launch()
+        methods = parse_configs(args.configs) if args.dataset else []
+        other = [m.name for m in methods if m.kind not in ("greedy", "lookahead") or (m.kind == "lookahead" and not m.params)]
+        if other:
+            raise LaunchError(f"under torchrun the bench runs greedy and la:W,N,G[,C] only; drop {' '.join(other)} from --configs")
+        for m in methods:
+            if m.kind == "lookahead":
+                check_split(m.params[0], launch)
+        device, backend = rank_device(args.device, launch)
+        join_group(launch, backend, device, timeout_s=60.0)
+        args.device = str(device)
+        bench_run(args, (lambda s: print(s, file=sys.stderr, flush=True)) if launch.rank == 0 else (lambda s: None), launch)
+    except MinilaError as e:
+        return fail(e, launch)
+    finally:
+        leave_group()
+    return 0
