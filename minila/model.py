@@ -167,11 +167,15 @@ class Attention(nn.Module):
         v = self.wv(x).view(t, self.n_kv_heads, self.head_dim).transpose(0, 1)  # (Hkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = cache.write(layer, k, v)  # (Hkv, S, hd), S = committed + T
+        # scores and softmax in float32 at least, as the reference Llama does; on a CPU this is
+        # also 3-4x faster for one bfloat16 row than PyTorch's bfloat16 attention kernel
+        wide = torch.promote_types(q.dtype, torch.float32)
         # grouped-query attention: each group of n_heads / n_kv_heads query heads shares one kv head
         out = F.scaled_dot_product_attention(
-            q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), attn_mask=mask, enable_gqa=True
+            q.unsqueeze(0).to(wide), keys.unsqueeze(0).to(wide), values.unsqueeze(0).to(wide), attn_mask=mask,
+            enable_gqa=True,
         )  # (1, H, T, hd)
-        return self.wo(out[0].transpose(0, 1).reshape(t, -1))  # (T, dim)
+        return self.wo(out[0].transpose(0, 1).reshape(t, -1).to(x.dtype))  # (T, dim)
 
 
 class FeedForward(nn.Module):
