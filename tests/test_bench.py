@@ -228,7 +228,7 @@ def test_parallel_rows_report_every_ranks_width(one_thread):
     def two_ranks(m, ids, k, config, eos):
         return lockstep_generate(m, ids, k, config, 2, eos)[0]
 
-    decoders, _ = build_decoders(parse_configs(["la:4,3,3"]), model, FakeTokenizer(), None, 0, two_ranks)
+    decoders, _ = build_decoders(parse_configs(["la:4,3,3"]), model, FakeTokenizer(), None, 0, lookahead=two_ranks)
     rows = run_benchmark(decoders, [Prompt("a", prompt, "a")], 12)
     la = next(r for r in rows if r["method"] == "la:4,3,3")
     gen = lockstep_generate(model, prompt, 12, LookaheadConfig(4, 3, 3), 2, FakeTokenizer.eos_ids)[0]
