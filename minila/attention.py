@@ -53,6 +53,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from minila.errors import MinilaError
+
 BLOCK = 64  # positions per block of the value product; a multiple of the 16 float lanes of AVX-512
 # PyTorch hands a bfloat16 (batched) product to oneDNN only above this many multiply-adds
 _ONEDNN_MIN = 16 * 16 * 16
@@ -113,9 +115,10 @@ class _InvariantPlan(AttentionPlan):
         shared = p // BLOCK  # blocks every row sees whole from the cache
         start = shared * BLOCK  # first position of the per-row blocks
         qg = q.reshape(n_kv, g * t, hd)  # rows of a kv group: (g, T) flattened
+        acc = torch.promote_types(q.dtype, torch.float32)  # softmax and block sums: float32 at least
 
         # 2. scores against every slot, then the step's part gathered into position order
-        scores = _product(qg, keys.transpose(1, 2)).float() * hd**-0.5  # (Hkv, gT, P+T)
+        scores = _product(qg, keys.transpose(1, 2)).to(acc) * hd**-0.5  # (Hkv, gT, P+T)
         step = scores[..., p:].gather(2, self.order.repeat(g, 1).expand(n_kv, -1, -1))  # (Hkv, gT, D)
         step = step.masked_fill(~self.seen.repeat(g, 1), float("-inf"))
         pad = scores.new_full((n_kv, g * t, self.length - p - d), float("-inf"))
@@ -141,7 +144,7 @@ class _InvariantPlan(AttentionPlan):
             ],
             dim=3,
         )  # (Hkv, g, T, blocks, hd), block order
-        total = parts.float().cumsum(dim=3)[:, :, :, -1]  # sequential sum over blocks: (Hkv, g, T, hd)
+        total = parts.to(acc).cumsum(dim=3)[:, :, :, -1]  # sequential sum over blocks: (Hkv, g, T, hd)
         return total.reshape(n_heads, t, hd).to(q.dtype)
 
 
@@ -166,3 +169,16 @@ def invariant_ok(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether InvariantAttention's products are width invariant here: bfloat16 on a CPU
     (oneDNN). float32 CPU products go through MKL, whose rounding follows the shape."""
     return device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+
+
+KERNELS = {"plain": PlainAttention, "invariant": InvariantAttention}
+
+
+def choose_attention(name: str, dtype: torch.dtype, device: torch.device) -> PlainAttention | InvariantAttention:
+    """The kernel called `name`; "auto": the invariant one where it is invariant
+    (`invariant_ok`), else the plain one."""
+    if name == "auto":
+        return InvariantAttention() if invariant_ok(dtype, device) else PlainAttention()
+    if name not in KERNELS:
+        raise MinilaError(f"unknown attention kernel {name!r}; use auto, plain or invariant")
+    return KERNELS[name]()

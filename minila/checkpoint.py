@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from minila.attention import choose_attention
 from minila.errors import MinilaError
 from minila.model import ModelArgs, Transformer, rope_tables
 from minila.tokenizer import Tokenizer
@@ -247,9 +248,16 @@ def build_model(args: ModelArgs, state: dict[str, torch.Tensor], device: torch.d
 
 
 def load_checkpoint(
-    path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "float32", pack: bool = True
+    path: str | Path,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "float32",
+    pack: bool = True,
+    attention: str = "auto",
 ) -> tuple[Transformer, Tokenizer]:
     """Load an HF-format Llama folder: returns (model in eval mode, tokenizer).
+    `attention`: the model's attention kernel (attention.py): "plain", "invariant" (each
+    row independent of the step's width), or "auto" (invariant where that holds: bfloat16
+    on a CPU).
     `pack`: pre-pack the matrices for fast CPU inference in float32 (Transformer.pack_weights;
     it doubles the weights' memory)."""
     folder = Path(path)
@@ -258,6 +266,7 @@ def load_checkpoint(
     if not (folder / "config.json").is_file():
         raise MinilaError(f"{folder} has no config.json; point --ckpt at an HF-format model folder")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    kernel = choose_attention(attention, dt, dev)  # a bad name fails before the load
     with open(folder / "config.json", encoding="utf-8") as f:
         args = args_from_hf_config(json.load(f))
     tokenizer = Tokenizer.from_folder(folder)  # before the weights: fail fast on a missing tokenizer
@@ -267,6 +276,7 @@ def load_checkpoint(
             "the tokenizer files belong to another model"
         )
     model = build_model(args, load_state_dict(folder, dt, dev), dev)
+    model.attention_kernel = kernel
     if pack:
         model.pack_weights()
     return model, tokenizer
