@@ -41,7 +41,8 @@ same token, and lookahead *is* greedy in any dtype. The argument:
 
 What it costs: a product against the scores' blocks instead of one fused kernel, and
 a per-row copy of at most BLOCK + depth values. Where a product is not width
-invariant (float32 on MKL), the argument fails at step 2; see `invariant_ok`.
+invariant (float32 on MKL), the argument fails at step 2; invariant.py says where
+it holds and makes the rest of the forward invariant too.
 Scores are rounded to the model's dtype before the softmax, as transformers' eager
 attention does; the fused kernel keeps them in float32.
 """
@@ -52,8 +53,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from minila.errors import MinilaError
 
 BLOCK = 64  # positions per block of the value product; a multiple of the 16 float lanes of AVX-512
 # PyTorch hands a bfloat16 (batched) product to oneDNN only above this many multiply-adds
@@ -164,21 +163,3 @@ class InvariantAttention:
         length = -(-(committed + d) // BLOCK) * BLOCK
         return _InvariantPlan(committed, order, seen, length)
 
-
-def invariant_ok(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether InvariantAttention's products are width invariant here: bfloat16 on a CPU
-    (oneDNN). float32 CPU products go through MKL, whose rounding follows the shape."""
-    return device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
-
-
-KERNELS = {"plain": PlainAttention, "invariant": InvariantAttention}
-
-
-def choose_attention(name: str, dtype: torch.dtype, device: torch.device) -> PlainAttention | InvariantAttention:
-    """The kernel called `name`; "auto": the invariant one where it is invariant
-    (`invariant_ok`), else the plain one."""
-    if name == "auto":
-        return InvariantAttention() if invariant_ok(dtype, device) else PlainAttention()
-    if name not in KERNELS:
-        raise MinilaError(f"unknown attention kernel {name!r}; use auto, plain or invariant")
-    return KERNELS[name]()

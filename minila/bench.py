@@ -311,7 +311,7 @@ def cost_curve(
 def markdown(meta: dict, summary: list[dict] | None, curve: list[dict] | None) -> str:
     lines = [f"# minila benchmark: {meta.get('dataset') or 'cost curve'}", ""]
     lines.append(
-        f"{meta['model']} · {meta['device']} {meta['dtype']} · {meta.get('attention', 'plain')} attention · "
+        f"{meta['model']} · {meta['device']} {meta['dtype']} · {meta.get('forward', 'plain')} forward · "
         f"{meta['threads']} threads · "
         f"torch {meta['torch']}" + (f" · transformers {meta['transformers']}" if meta.get("transformers") else "")
     )
@@ -426,8 +426,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0, help="seeds the Jacobi and lookahead initial guesses")
-    p.add_argument("--attention", default="auto", choices=["auto", "plain", "invariant"],
-                   help="attention kernel of minila's decoders (see minila/attention.py)")  # fmt: skip
+    p.add_argument("--forward", default="auto", choices=["auto", "plain", "invariant"],
+                   help="minila's forward path (see minila/invariant.py)")  # fmt: skip
     p.add_argument("--data-dir", default="bench/data", help="where `make bench-data` put the wheels")
     p.add_argument("--cost-curve", action="store_true", help="also time one forward of T=1..128 tokens")
     p.add_argument("--cost-context", type=int, default=200, help="cache length for --cost-curve")
@@ -443,13 +443,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
         raise MinilaError("--limit must be >= 0 and --max-new-tokens >= 1")
     methods = parse_configs(args.configs) if args.dataset else []
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype, attention=args.attention)
+    model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype, forward=args.forward)
     label = Path(args.dataset).stem if args.dataset else "cost-curve"
     out = Path(args.out or Path("bench/out") / label)
     meta = {
         "dataset": args.dataset, "model": Path(args.ckpt).name, "ckpt": str(args.ckpt),
         "max_new_tokens": args.max_new_tokens, "limit": args.limit, "threads": args.threads,
-        "device": str(model.device), "dtype": args.dtype, "attention": model.attention_kernel.name, "seed": args.seed, "torch": torch.__version__,
+        "device": str(model.device), "dtype": args.dtype, "forward": model.attention_kernel.name, "seed": args.seed, "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "configs": [m.name for m in methods],
     }  # fmt: skip

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from minila.attention import choose_attention
 from minila.errors import MinilaError
+from minila.invariant import choose_forward
 from minila.model import ModelArgs, Transformer, rope_tables
 from minila.tokenizer import Tokenizer
 
@@ -252,12 +252,11 @@ def load_checkpoint(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "float32",
     pack: bool = True,
-    attention: str = "auto",
+    forward: str = "auto",
 ) -> tuple[Transformer, Tokenizer]:
     """Load an HF-format Llama folder: returns (model in eval mode, tokenizer).
-    `attention`: the model's attention kernel (attention.py): "plain", "invariant" (each
-    row independent of the step's width), or "auto" (invariant where that holds: bfloat16
-    on a CPU).
+    `forward`: "plain", "invariant" (each row's logits independent of the step's width:
+    invariant.py), or "auto" (invariant where that holds: bfloat16 on a CPU).
     `pack`: pre-pack the matrices for fast CPU inference in float32 (Transformer.pack_weights;
     it doubles the weights' memory)."""
     folder = Path(path)
@@ -266,7 +265,8 @@ def load_checkpoint(
     if not (folder / "config.json").is_file():
         raise MinilaError(f"{folder} has no config.json; point --ckpt at an HF-format model folder")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
-    kernel = choose_attention(attention, dt, dev)  # a bad name fails before the load
+    if forward not in ("auto", "plain", "invariant"):  # fail before the (slow) load
+        raise MinilaError(f"unknown forward {forward!r}; use auto, plain or invariant")
     with open(folder / "config.json", encoding="utf-8") as f:
         args = args_from_hf_config(json.load(f))
     tokenizer = Tokenizer.from_folder(folder)  # before the weights: fail fast on a missing tokenizer
@@ -276,7 +276,6 @@ def load_checkpoint(
             "the tokenizer files belong to another model"
         )
     model = build_model(args, load_state_dict(folder, dt, dev), dev)
-    model.attention_kernel = kernel
     if pack:
         model.pack_weights()
-    return model, tokenizer
+    return choose_forward(model, forward), tokenizer

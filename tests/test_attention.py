@@ -1,4 +1,4 @@
-"""The attention kernels of attention.py. The invariant one's promise, stated directly:
+"""The width-invariant forward (invariant.py, attention.py). Its promise, stated directly:
 every row of a wide forward equals, bit for bit, the row of the same token fed one
 token at a time after its chain (greedy decoding's forward), so lookahead equals greedy
 bitwise in bfloat16. Oracles: the one-token-at-a-time forward, and the plain kernel
@@ -14,9 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minila import LookaheadConfig, MinilaError, greedy_generate, lookahead_generate
-from minila.attention import BLOCK, InvariantAttention, PlainAttention, choose_attention, invariant_ok
+from minila.attention import BLOCK, InvariantAttention, PlainAttention
+from minila.invariant import MAX_INNER, SplitInner, choose_forward, invariant_ok, make_width_invariant
 from minila.layout import candidate_tree, step_layout
 from minila.masks import ancestor_mask, depths
+from minila.model import Linear
 
 pytestmark = pytest.mark.skipif(
     not invariant_ok(torch.bfloat16, torch.device("cpu")), reason="bfloat16 products need oneDNN on an AVX-512 CPU"
@@ -25,19 +27,19 @@ pytestmark = pytest.mark.skipif(
 
 @st.composite
 def bf16_models(draw, max_seq_len: int = 256):
-    """Tiny bfloat16 models with the invariant kernel. Widths of at least 128 keep every
+    """Tiny bfloat16 models with the invariant forward. Widths of at least 128 keep every
     matrix product above PyTorch's size threshold for oneDNN (a one-row product below it
-    takes another kernel; attention._product pads the attention's own products)."""
+    takes another kernel; attention._product pads the attention's own products); an FFN
+    of 1100 has its down projection split (SplitInner)."""
     n_heads, n_kv_heads = draw(st.sampled_from([(4, 2), (2, 1), (4, 4), (3, 1), (6, 2)]))
     head_dim = draw(st.sampled_from([32, 64]))
     dim = max(n_heads * head_dim, 128) // n_heads * n_heads
     model = tiny_model(
         draw(st.integers(0, 10_000)), vocab=draw(st.sampled_from([64, 128])), dim=dim, n_heads=n_heads,
-        n_kv_heads=n_kv_heads, n_layers=draw(st.integers(1, 2)), hidden_dim=draw(st.sampled_from([40, 64, 128])),
+        n_kv_heads=n_kv_heads, n_layers=draw(st.integers(1, 2)), hidden_dim=draw(st.sampled_from([40, 64, 128, 1100])),
         max_seq_len=max_seq_len, dtype=torch.bfloat16,
     )  # fmt: skip
-    model.attention_kernel = InvariantAttention()
-    return model
+    return make_width_invariant(model)
 
 
 @st.composite
@@ -154,10 +156,28 @@ def test_bfloat16_lookahead_equals_greedy_bitwise(model, config, data):
     assert look.tokens == greedy.tokens
 
 
-def test_auto_picks_the_invariant_kernel_only_where_it_holds():
-    cpu = torch.device("cpu")
-    assert choose_attention("auto", torch.bfloat16, cpu).name == "invariant"
-    assert choose_attention("auto", torch.float32, cpu).name == "plain"  # MKL's float32 products follow the shape
-    assert choose_attention("invariant", torch.float32, cpu).name == "invariant"  # asked for: given
-    with pytest.raises(MinilaError, match="unknown attention kernel 'fast'"):
-        choose_attention("fast", torch.float32, cpu)
+@pytest.mark.parametrize("n_in", [1100, 1536, 2500])
+def test_a_split_product_gives_every_row_the_same_bits_whatever_the_row_count(n_in):
+    gen = torch.Generator().manual_seed(n_in)
+    linear = Linear(n_in, 192).requires_grad_(False)
+    linear.weight.copy_(torch.randn(192, n_in, generator=gen) / n_in**0.5)
+    linear = linear.to(torch.bfloat16)
+    split = SplitInner(linear)
+    assert all(s.stop - s.start <= MAX_INNER for s in split.slices)
+    x = torch.randn(40, n_in, generator=gen).to(torch.bfloat16)
+    alone = torch.cat([split(x[i : i + 1]) for i in range(40)])
+    assert torch.equal(split(x), alone)
+    torch.testing.assert_close(split(x).float(), linear(x).float(), rtol=0.02, atol=0.02)
+    if n_in >= 1536:  # why it is split: one product over the whole inner length rounds a wide call's rows differently
+        assert not torch.equal(linear(x), torch.cat([linear(x[i : i + 1]) for i in range(40)]))
+
+
+def test_auto_picks_the_invariant_forward_only_where_it_holds():
+    assert invariant_ok(torch.bfloat16, torch.device("cpu")) and not invariant_ok(torch.float32, torch.device("cpu"))
+    bf16 = choose_forward(tiny_model(0, dim=128, hidden_dim=1100, dtype=torch.bfloat16), "auto")
+    assert bf16.attention_kernel.name == "invariant" and isinstance(bf16.layers[0].feed_forward.w2, SplitInner)
+    fp32 = choose_forward(tiny_model(0, dim=128, hidden_dim=1100, dtype=torch.float32), "auto")
+    assert fp32.attention_kernel.name == "plain" and isinstance(fp32.layers[0].feed_forward.w2, Linear)
+    assert choose_forward(tiny_model(0, dtype=torch.float32), "invariant").attention_kernel.name == "invariant"
+    with pytest.raises(MinilaError, match="unknown forward 'fast'"):
+        choose_forward(tiny_model(0), "fast")
