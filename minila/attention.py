@@ -83,11 +83,15 @@ class _PlainPlan(AttentionPlan):
     mask: torch.Tensor  # (T, committed + T) bool
 
     def attend(self, q, keys, values):
+        # scores and softmax in float32 at least, as the reference Llama does; on a CPU this is
+        # also 3-4x faster for one bfloat16 row than PyTorch's bfloat16 attention kernel
+        wide = torch.promote_types(q.dtype, torch.float32)
         # grouped-query attention: each group of H / Hkv query heads shares one kv head
         out = F.scaled_dot_product_attention(
-            q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), attn_mask=self.mask, enable_gqa=True
+            q.unsqueeze(0).to(wide), keys.unsqueeze(0).to(wide), values.unsqueeze(0).to(wide), attn_mask=self.mask,
+            enable_gqa=True,
         )  # (1, H, T, hd)
-        return out[0]
+        return out[0].to(q.dtype)
 
 
 class PlainAttention:

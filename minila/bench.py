@@ -41,6 +41,7 @@ from minila.greedy import greedy_generate
 from minila.jacobi import jacobi_generate
 from minila.lookahead import LookaheadConfig, lookahead_generate
 from minila.model import Transformer
+from minila.roofline import forward_bound, measure_limits
 
 DEFAULT_CONFIGS = ["greedy", "jacobi:8", "la:15,5,15", "la:15,5,15,10", "la:auto", "hf", "hf-pld"]
 CONFIG_HELP = """\
@@ -293,16 +294,24 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def cost_curve(
     model: Transformer, context: int = 200, repeats: int = 5, widths: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
-) -> list[dict]:
+) -> tuple[list[dict], dict | None]:
     """Seconds for one forward of T new tokens with logits for all T rows, after a
     `context`-token cache, and its ratio to T=1 (autotune's measurement, as a table).
-    A lookahead step feeding T tokens pays off only if it accepts more than the ratio."""
+    A lookahead step feeding T tokens pays off only if it accepts more than the ratio.
+    On a CPU each row also carries the roofline bound (minila.roofline) and the
+    measured time over it; the second value is the measured limits (None elsewhere)."""
     if context < 1 or context + 1 >= model.args.max_seq_len:
         raise MinilaError(f"--cost-context {context} leaves no room in the model's context of {model.args.max_seq_len}")
     curve = measure_cost_curve(model, widths=tuple(widths), context=context, repeats=repeats)
-    return [
-        {"T": t, "seconds": curve.step_seconds(t, t), "relative": curve.relative(t, t)} for t in curve.widths
-    ]
+    rows = [{"T": t, "seconds": curve.step_seconds(t, t), "relative": curve.relative(t, t)} for t in curve.widths]
+    if model.device.type != "cpu":
+        return rows, None
+    limits = measure_limits(model.dtype)
+    for r in rows:  # the measured rows have logits for all T rows: so does their bound
+        b = forward_bound(model.args, model.dtype.itemsize, limits, r["T"], context, logit_rows=r["T"])
+        r.update(bound_seconds=b.seconds, bound_by="memory" if b.memory_seconds >= b.compute_seconds else "compute",
+                 x_bound=r["seconds"] / b.seconds)  # fmt: skip
+    return rows, {"gflops": limits.flops_per_second / 1e9, "read_gbps": limits.bytes_per_second / 1e9}
 
 
 # ------------------------------------------------------------------------- report
@@ -347,6 +356,18 @@ def markdown(meta: dict, summary: list[dict] | None, curve: list[dict] | None) -
         lines += ["| T | " + " | ".join(str(r["T"]) for r in curve) + " |", "| --- " * (len(curve) + 1) + "|"]
         lines += ["| ms | " + " | ".join(f"{1000 * r['seconds']:.1f}" for r in curve) + " |"]
         lines += ["| relative | " + " | ".join(f"{r['relative']:.2f}" for r in curve) + " |"]
+        limits = meta.get("limits")
+        if limits:
+            lines += ["| bound ms | " + " | ".join(f"{1000 * r['bound_seconds']:.1f}" for r in curve) + " |"]
+            lines += ["| x bound | " + " | ".join(f"{r['x_bound']:.2f}" for r in curve) + " |"]
+            lines += [
+                "",
+                f"bound: what this machine's limits allow, the larger of weight and cache bytes over the read "
+                f"bandwidth ({limits['read_gbps']:.1f} GB/s measured) and FLOPs over the peak product rate "
+                f"({limits['gflops']:.0f} GFLOP/s in {meta['dtype']}); x bound: measured over bound "
+                f"(minila/roofline.py). The compute limit takes over from T = "
+                f"{next((r['T'] for r in curve if r['bound_by'] == 'compute'), '-')}.",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -396,10 +417,16 @@ def plots(out: Path, summary: list[dict] | None, curve: list[dict] | None) -> li
         written.append(out / "scaling.png")
     if curve:
         fig, ax = plt.subplots(figsize=(5.5, 4))
-        ax.plot([r["T"] for r in curve], [r["relative"] for r in curve], marker="o")
+        ts = [r["T"] for r in curve]
+        ax.plot(ts, [1000 * r["seconds"] for r in curve], marker="o", label="measured")
+        if "bound_seconds" in curve[0]:
+            ax.plot(ts, [1000 * r["bound_seconds"] for r in curve], ls="--", color="gray",
+                    label="bound: max(bytes / bandwidth, FLOPs / peak)")  # fmt: skip
+            ax.legend(fontsize=8)
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
         ax.set_xlabel("new tokens T in one forward")
-        ax.set_ylabel("time relative to T = 1")
+        ax.set_ylabel("ms per forward")
         ax.set_title("cost of one forward pass")
         fig.tight_layout()
         fig.savefig(out / "cost_curve.png", dpi=120)
@@ -456,7 +483,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     result: dict = {"meta": meta}
     if args.cost_curve:
         log(f"cost curve: one forward of T tokens after a {args.cost_context}-token cache")
-        result["cost_curve"] = cost_curve(model, args.cost_context, args.cost_repeats)
+        result["cost_curve"], meta["limits"] = cost_curve(model, args.cost_context, args.cost_repeats)
         meta["cost_context"] = args.cost_context
         log("  " + "  ".join(f"T={r['T']}: {r['relative']:.2f}" for r in result["cost_curve"]))
     summary = None

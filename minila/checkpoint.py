@@ -21,7 +21,7 @@ import torch
 
 from minila.errors import MinilaError
 from minila.invariant import choose_forward
-from minila.model import ModelArgs, Transformer, rope_tables
+from minila.model import Linear, ModelArgs, Transformer, rope_tables
 from minila.tokenizer import Tokenizer
 
 # ------------------------------------------------------------------------- options
@@ -255,10 +255,10 @@ def load_checkpoint(
     forward: str = "auto",
 ) -> tuple[Transformer, Tokenizer]:
     """Load an HF-format Llama folder: returns (model in eval mode, tokenizer).
+    `pack`: pre-pack the matrices for fast CPU inference (Transformer.pack_weights: float32,
+    and bfloat16/float16 where the CPU has the instructions; the packed copy replaces the plain one).
     `forward`: "plain", "invariant" (each row's logits independent of the step's width:
-    invariant.py), or "auto" (invariant where that holds: bfloat16 on a CPU).
-    `pack`: pre-pack the matrices for fast CPU inference in float32 (Transformer.pack_weights;
-    it doubles the weights' memory)."""
+    invariant.py), or "auto" (invariant where that holds: bfloat16 on a CPU)."""
     folder = Path(path)
     if not folder.is_dir():
         raise MinilaError(f"checkpoint folder {folder} does not exist; run `make weights` or pass --ckpt DIR")
@@ -277,5 +277,20 @@ def load_checkpoint(
         )
     model = build_model(args, load_state_dict(folder, dt, dev), dev)
     if pack:
+        _copy_out_of_the_files(model)
         model.pack_weights()
     return choose_forward(model, forward), tokenizer
+
+
+def _copy_out_of_the_files(model: Transformer) -> None:
+    """Give the tensors that packing keeps plain (embedding, norms) memory of their own.
+
+    safetensors and torch.load(mmap=True) hand out tensors backed by one mapping of
+    each file, and the mapping, with every page read so far, stays resident while any
+    of them lives. Packing reads the matrices straight from it; once the rest is copied
+    out, the mapping goes with the packing: the weights are held once.
+    """
+    for module in model.modules():
+        if not isinstance(module, Linear):  # a tied head is the embedding's weight: copied here
+            for param in module.parameters(recurse=False):
+                param.data = param.data.clone()

@@ -46,7 +46,8 @@ class SplitInner(nn.Module):
 
     def __init__(self, linear: Linear, max_inner: int = MAX_INNER) -> None:
         super().__init__()
-        n_in, weight = linear.in_features, linear.weight.detach()
+        n_in = linear.in_features
+        weight = linear.packed.to_dense() if linear.weight.is_meta else linear.weight.detach()  # packed: its values
         pieces = -(-n_in // max_inner)
         bounds = [n_in * i // pieces for i in range(pieces + 1)]
         self.slices = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
@@ -72,7 +73,11 @@ def invariant_ok(dtype: torch.dtype, device: torch.device) -> bool:
 
 def make_width_invariant(model: Transformer) -> Transformer:
     """Switch `model` to the invariant forward, in place: the invariant attention kernel,
-    and every product with an inner length above MAX_INNER split (see the module doc)."""
+    and every product with an inner length above MAX_INNER split (see the module doc).
+    Matrices are pre-packed first where they are not yet: a packed product always runs
+    oneDNN, a plain one only above a size threshold."""
+    if not any(isinstance(m, Linear) and m.packed is not None for m in model.modules()):
+        model.pack_weights()
     model.attention_kernel = InvariantAttention()
     for module in list(model.modules()):
         for name, child in list(module.named_children()):

@@ -81,35 +81,69 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
-class Linear(nn.Linear):
-    """A bias-free nn.Linear whose weight can also be kept pre-packed for the CPU.
+# oneDNN keeps a pre-packed copy of a matrix in these dtypes where the CPU has the
+# instructions for them (bfloat16: AVX512-BF16 or AMX; float16: AVX512-FP16 or AMX-FP16)
+def packable_dtypes() -> tuple[torch.dtype, ...]:
+    """The dtypes whose products `Linear.pack` can pre-pack on this CPU."""
+    if not torch.backends.mkldnn.is_available():
+        return ()
+    dtypes = [torch.float32]
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        dtypes.append(torch.bfloat16)
+    if torch.ops.mkldnn._is_mkldnn_fp16_supported():
+        dtypes.append(torch.float16)
+    return tuple(dtypes)
 
-    On a CPU in float32, a product with a handful of rows (a lookahead step) takes the
-    BLAS's general path, which re-packs the weight on every call: two rows cost about
-    1.5x one row, although both read the weight once. oneDNN's pre-packed layout
-    (`pack()`) brings a few rows close to the price of one, and makes each row's result
-    bitwise independent of how many rows come with it. It keeps a second copy of the
-    weight; a weight changed or moved after packing is noticed and used directly.
+
+class Linear(nn.Linear):
+    """A bias-free nn.Linear whose weight can instead be kept pre-packed for the CPU.
+
+    On a CPU, a product with a handful of rows (a lookahead step) takes the BLAS's
+    general path, which re-packs the weight on every call: two rows cost about 1.5x one
+    row, although both read the weight once, and bfloat16 gains nothing over float32.
+    oneDNN's pre-packed layout (`pack()`) brings a few rows close to the price of one,
+    and makes each row's result bitwise independent of how many rows come with it.
+
+    The packed copy replaces the plain one: `weight` stays a parameter of the right
+    shape and dtype, but on the meta device (no memory, no values), so a packed model
+    holds its weights once. `unpack()` brings the values back (bitwise); `state_dict()`
+    unpacks on the fly. `pack(keep_plain=True)` keeps the plain weight too, for a
+    matrix that something else reads (a tied embedding). A weight assigned after
+    packing (or, kept plain, changed in place) is noticed and used directly.
     """
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
         self.packed: torch.Tensor | None = None
-        self._packed_from: tuple[int, int] | None = None  # (address, version) of the packed weight
+        self._packed_from: tuple[int, int] | None = None  # (address, version) of the weight it stands for
 
     def _weight_key(self) -> tuple[int, int]:
         # runs on every product of every step: _parameters skips nn.Module's slow __getattr__
         weight = self._parameters["weight"]
         return weight.data_ptr(), weight._version
 
-    def pack(self) -> None:
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None)
+    def pack(self, keep_plain: bool = False) -> None:
+        weight = self.weight.detach()
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        if not keep_plain:
+            self.weight = nn.Parameter(weight.to("meta"), requires_grad=False)  # shape and dtype only
         self._packed_from = self._weight_key()
+
+    def unpack(self) -> None:
+        """Back to a plain weight (the packed copy's values, bitwise)."""
+        if self.packed is not None and self.weight.is_meta:
+            self.weight = nn.Parameter(self.packed.to_dense(), requires_grad=False)
+        self.packed, self._packed_from = None, None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None and self._packed_from == self._weight_key():
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
         return F.linear(x, self.weight)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.packed is not None and self.weight.is_meta:  # the values live in the packed copy
+            destination[prefix + "weight"] = self.packed.to_dense()
 
 
 class Attention(nn.Module):
@@ -188,13 +222,17 @@ class Transformer(nn.Module):
         return self.tok_embeddings.weight.dtype
 
     def pack_weights(self) -> bool:
-        """Pre-pack every matrix for oneDNN (see Linear) where it pays: on a CPU in
-        float32. Returns whether it did. Call it once the weights are final."""
-        if self.device.type != "cpu" or self.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        """Pre-pack every matrix for oneDNN (see Linear) where it pays: on a CPU, in
+        float32 and in the half-precision dtypes this CPU has instructions for. Each
+        matrix is then held once, except a head tied to the embedding: the embedding
+        looks rows up in the plain copy, the head multiplies with the packed one (one
+        extra copy of the vocab x dim matrix; packing the head halves its cost).
+        Returns whether it packed. Call it once the weights are final."""
+        if self.device.type != "cpu" or self.dtype not in packable_dtypes():
             return False
         for module in self.modules():
             if isinstance(module, Linear):
-                module.pack()
+                module.pack(keep_plain=module is self.output and self.args.tie_embeddings)
         return True
 
     def new_cache(self, capacity: int | None = None) -> KVCache:

@@ -200,9 +200,13 @@ def test_bench_end_to_end(make_tiny_llama, tmp_path: Path, one_thread):
     assert all(r["identical"] for r in result["rows"]), [(r["method"], r["first_divergence"]) for r in result["rows"]]
     hf = [r for r in result["rows"] if r["method"] == "hf"]
     assert all(r["steps"] == r["tokens"] for r in hf)  # counted forward passes: one per greedy token
-    assert [r["T"] for r in result["cost_curve"]][:2] == [1, 2] and result["cost_curve"][0]["relative"] == 1.0
+    curve = result["cost_curve"]
+    assert [r["T"] for r in curve][:2] == [1, 2] and curve[0]["relative"] == 1.0
+    assert all(r["x_bound"] == pytest.approx(r["seconds"] / r["bound_seconds"]) for r in curve)
+    assert result["meta"]["limits"]["gflops"] > 0 and result["meta"]["limits"]["read_gbps"] > 0
     table = (out / "results.md").read_text()
     assert "| method | S |" in table and "| hf-pld:3 |" in table and "## Cost of one forward" in table
+    assert "| bound ms |" in table and "| x bound |" in table
     for png in ("speedup.png", "scaling.png", "cost_curve.png"):
         assert (out / png).stat().st_size > 1000
 
