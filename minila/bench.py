@@ -357,7 +357,8 @@ def cost_curve(
 def markdown(meta: dict, summary: list[dict] | None, curve: list[dict] | None) -> str:
     lines = [f"# minila benchmark: {meta.get('dataset') or 'cost curve'}", ""]
     lines.append(
-        f"{meta['model']} · {meta['device']} {meta['dtype']} · {meta['threads']} threads · "
+        f"{meta['model']} · {meta['device']} {meta['dtype']} · {meta.get('forward', 'plain')} forward · "
+        f"{meta['threads']} threads · "
         f"torch {meta['torch']}" + (f" · transformers {meta['transformers']}" if meta.get("transformers") else "")
     )
     if summary:
@@ -510,6 +511,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory", default=None, metavar="PATH",
                    help="la:auto's n-gram memory: start from PATH and merge the run's outputs back into it\n"
                    "(default: start empty and keep it for this run only; 'off': no memory)")  # fmt: skip
+    p.add_argument("--forward", default="auto", choices=["auto", "plain", "invariant"],
+                   help="minila's forward path (see minila/invariant.py)")  # fmt: skip
     p.add_argument("--data-dir", default="bench/data", help="where `make bench-data` put the wheels")
     p.add_argument("--cost-curve", action="store_true", help="also time one forward of T=1..128 tokens")
     p.add_argument("--cost-context", type=int, default=200, help="cache length for --cost-curve")
@@ -527,7 +530,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], launch=None) -> di
         raise MinilaError("--limit must be >= 0 and --max-new-tokens >= 1")
     methods = parse_configs(args.configs) if args.dataset else []
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype, forward=args.forward)
     lookahead = lookahead_generate
     if launch is not None:
         from minila.parallel import parallel_generate as lookahead
@@ -536,7 +539,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], launch=None) -> di
     meta = {
         "dataset": args.dataset, "model": Path(args.ckpt).name, "ckpt": str(args.ckpt),
         "max_new_tokens": args.max_new_tokens, "limit": args.limit, "threads": args.threads,
-        "device": str(model.device), "dtype": args.dtype, "seed": args.seed, "torch": torch.__version__,
+        "device": str(model.device), "dtype": args.dtype, "forward": model.attention_kernel.name, "seed": args.seed, "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "configs": [m.name for m in methods],
         "ranks": launch.world if launch else 1,

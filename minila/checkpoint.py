@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from minila.errors import MinilaError
+from minila.invariant import choose_forward
 from minila.model import Linear, ModelArgs, Transformer, rope_tables
 from minila.tokenizer import Tokenizer
 
@@ -247,17 +248,25 @@ def build_model(args: ModelArgs, state: dict[str, torch.Tensor], device: torch.d
 
 
 def load_checkpoint(
-    path: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "float32", pack: bool = True
+    path: str | Path,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "float32",
+    pack: bool = True,
+    forward: str = "auto",
 ) -> tuple[Transformer, Tokenizer]:
     """Load an HF-format Llama folder: returns (model in eval mode, tokenizer).
     `pack`: pre-pack the matrices for fast CPU inference (Transformer.pack_weights: float32,
-    and bfloat16/float16 where the CPU has the instructions; the packed copy replaces the plain one)."""
+    and bfloat16/float16 where the CPU has the instructions; the packed copy replaces the plain one).
+    `forward`: "plain", "invariant" (each row's logits independent of the step's width:
+    invariant.py), or "auto" (invariant where that holds: bfloat16 on a CPU)."""
     folder = Path(path)
     if not folder.is_dir():
         raise MinilaError(f"checkpoint folder {folder} does not exist; run `make weights` or pass --ckpt DIR")
     if not (folder / "config.json").is_file():
         raise MinilaError(f"{folder} has no config.json; point --ckpt at an HF-format model folder")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    if forward not in ("auto", "plain", "invariant"):  # fail before the (slow) load
+        raise MinilaError(f"unknown forward {forward!r}; use auto, plain or invariant")
     with open(folder / "config.json", encoding="utf-8") as f:
         args = args_from_hf_config(json.load(f))
     tokenizer = Tokenizer.from_folder(folder)  # before the weights: fail fast on a missing tokenizer
@@ -270,7 +279,7 @@ def load_checkpoint(
     if pack:
         _copy_out_of_the_files(model)
         model.pack_weights()
-    return model, tokenizer
+    return choose_forward(model, forward), tokenizer
 
 
 def _copy_out_of_the_files(model: Transformer) -> None:

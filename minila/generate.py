@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    p.add_argument("--forward", default="auto", choices=["auto", "plain", "invariant"],
+                   help="invariant: every row's logits independent of the step's width, so lookahead "
+                   "equals greedy bitwise (auto: where that holds, bfloat16 on a CPU)")  # fmt: skip
     p.add_argument("--no-chat", action="store_true", help="feed the prompt raw, without the chat template")
     p.add_argument("--temperature", type=float, default=None, help="sample instead of greedy decoding")
     p.add_argument("--top-k", type=int, default=0)
@@ -129,7 +132,7 @@ def run(args: argparse.Namespace) -> dict:
         raise MinilaError("--mode compare checks lookahead against greedy decoding: drop --temperature")
     if args.temperature is not None:
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype, forward=args.forward)
     memory_path = memory = None
     if args.memory != "off" and args.mode in ("lookahead", "compare"):
         fingerprint = tokenizer_fingerprint(args.ckpt)

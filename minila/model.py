@@ -4,7 +4,9 @@ The model knows nothing about decoding. One call takes the new tokens of a step,
 their explicit position ids, an explicit (T, T) attention mask among them and a KV
 cache holding the committed sequence, and returns logits for the rows the caller asks
 for. Every new row sees the whole committed cache; the mask only says which *new*
-rows see each other. `mask=None` means the usual causal mask.
+rows see each other. `mask=None` means the usual causal mask. How the rows attend
+is the job of an attention kernel the model holds (attention.py): the fused plain one,
+or one whose every row is independent of the step's width.
 
 Batch size is 1 (lookahead decoding is a batch-1 algorithm), so activations are 2-D:
 (T, dim). Parameter names follow Meta's Llama code; `checkpoint.py` maps HF names.
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minila.attention import AttentionPlan, PlainAttention
 from minila.kv_cache import KVCache
 
 
@@ -159,7 +162,7 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         cache: KVCache,
         layer: int,
-        mask: torch.Tensor,
+        plan: AttentionPlan,
     ) -> torch.Tensor:
         t = x.shape[0]
         q = self.wq(x).view(t, self.n_heads, self.head_dim).transpose(0, 1)  # (H, T, hd)
@@ -167,15 +170,8 @@ class Attention(nn.Module):
         v = self.wv(x).view(t, self.n_kv_heads, self.head_dim).transpose(0, 1)  # (Hkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = cache.write(layer, k, v)  # (Hkv, S, hd), S = committed + T
-        # scores and softmax in float32 at least, as the reference Llama does; on a CPU this is
-        # also 3-4x faster for one bfloat16 row than PyTorch's bfloat16 attention kernel
-        wide = torch.promote_types(q.dtype, torch.float32)
-        # grouped-query attention: each group of n_heads / n_kv_heads query heads shares one kv head
-        out = F.scaled_dot_product_attention(
-            q.unsqueeze(0).to(wide), keys.unsqueeze(0).to(wide), values.unsqueeze(0).to(wide), attn_mask=mask,
-            enable_gqa=True,
-        )  # (1, H, T, hd)
-        return self.wo(out[0].transpose(0, 1).reshape(t, -1).to(x.dtype))  # (T, dim)
+        out = plan.attend(q, keys, values)  # (H, T, hd)
+        return self.wo(out.transpose(0, 1).reshape(t, -1))  # (T, dim)
 
 
 class FeedForward(nn.Module):
@@ -197,8 +193,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
 
-    def forward(self, x, cos, sin, cache, layer, mask) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, cache, layer, mask)
+    def forward(self, x, cos, sin, cache, layer, plan) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, cache, layer, plan)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -206,6 +202,7 @@ class Transformer(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
+        self.attention_kernel = PlainAttention()  # how rows attend: see attention.py
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
@@ -263,13 +260,12 @@ class Transformer(nn.Module):
         t = tokens.shape[0]
         if mask is None:
             mask = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril_()
-        # every new row sees the whole committed cache: (T, committed + T)
-        full_mask = torch.cat([mask.new_ones(t, cache.length), mask], dim=1)
+        plan = self.attention_kernel.plan(mask, positions, cache.length)  # every row also sees the cache
         cos = self.rope_cos[positions].to(self.dtype)  # (T, hd)
         sin = self.rope_sin[positions].to(self.dtype)
         x = self.tok_embeddings(tokens)  # (T, dim)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache, i, full_mask)
+            x = layer(x, cos, sin, cache, i, plan)
         if logits_for is not None:
             x = x[logits_for]  # (R, dim), 2-D so the head never copies its weight
         return self.output(self.norm(x))  # (R, vocab)

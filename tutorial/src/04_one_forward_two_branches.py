@@ -266,3 +266,48 @@ for label, logits in [("causal mask over the packed rows", wrong_mask), ("row or
 # whatever else the step feeds, a candidate token's logits are the ones greedy decoding
 # would compute after the same tokens. Notebook 5 uses them to verify candidates and to
 # keep the right rows of the KV cache.
+#
+# ## Equal, or equal bit for bit?
+#
+# The model above is float64, so "agree" means to 1e-9. In bfloat16 a wide step and a
+# one-token step can round differently (the fused attention kernel splits its work by
+# the number of rows; the products block their inner dimension differently for more
+# rows), and at a near-tie the argmax flips: lookahead leaves greedy's path. minila's
+# *width-invariant* forward (`minila/invariant.py`, the default for bfloat16 on a CPU)
+# computes every row in an order fixed by the row's own position: keys laid out by
+# absolute position, values summed in fixed blocks of 64 positions, long products split
+# into fixed slices. Then each row of the step equals greedy's, bit for bit:
+
+# %%
+from minila.invariant import make_width_invariant  # noqa: E402
+
+torch.manual_seed(0)
+half = minila.Transformer(
+    minila.ModelArgs(vocab_size=64, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, max_seq_len=256)
+).to(torch.bfloat16).eval()
+half = make_width_invariant(half)  # the invariant attention kernel; long products split
+prefix16 = torch.randint(0, 64, (100,), generator=torch.Generator().manual_seed(1))
+with torch.inference_mode():
+    cache16 = half.new_cache(200)
+    half(prefix16, torch.arange(100), cache16)
+    cache16.commit()
+    step16 = torch.randint(0, 64, (layout.size,), generator=torch.Generator().manual_seed(2))
+    wide16 = half(step16, 100 + layout.depth, cache16, layout.mask)  # (T, vocab): the whole step at once
+    same = 0
+    for row in range(layout.size):
+        chain, j = [], row
+        while j >= 0:
+            chain.append(int(step16[j]))
+            j = layout.parents[j]
+        cache16.truncate(100)
+        for k, tok in enumerate(reversed(chain)):  # greedy: one token per forward
+            one = half(torch.tensor([tok]), torch.tensor([100 + k]), cache16)[0]
+            cache16.commit()
+        same += torch.equal(one, wide16[row])
+print(f"bfloat16, invariant forward: {same} of {layout.size} rows bitwise equal to greedy's one-token forward")
+
+# %% [markdown]
+# What is guaranteed on which path: float32 and float64 agree to rounding, and lookahead
+# has equalled greedy on every test (an observation); bfloat16 on a CPU with the
+# invariant forward is identical by construction; bfloat16 with `--forward plain` may
+# differ at near-ties.

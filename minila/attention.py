@@ -1,0 +1,169 @@
+"""How a step's rows attend to the keys: two interchangeable kernels the model holds.
+
+The model (model.py) asks its kernel once per forward for a *plan* (what the step's
+mask means for the keys), and every layer calls `plan.attend(q, keys, values)`. The
+decoding loops never know which kernel runs.
+
+`PlainAttention`: PyTorch's fused scaled_dot_product_attention over committed + step
+keys, with a (T, committed + T) mask. Fast, but a row's result depends on the step:
+the kernel splits queries and keys into blocks whose sizes follow T, and a row's
+visible keys sit at different slots (with masked gaps) in a wide step than in a
+one-token step. So a wide step and greedy decoding round differently; in bfloat16
+that flips near-tie argmaxes (lookahead then leaves greedy's path).
+
+`InvariantAttention`: each row's result is a function of its query and of the keys
+and values of positions 0..p alone, computed in the same order whatever else the
+step holds ("width invariance"). Then, by induction over positions and layers, every
+row of a wide step gets bitwise the logits that greedy decoding computes for the
+same token, and lookahead *is* greedy in any dtype. The argument:
+
+1. A row at position p sees exactly one key per position 0..p: the committed cache
+   (slot j holds position j; KVCache keeps it so) and its ancestors in the step (one
+   per position, by the mask rule). Greedy sees the same keys, all in the cache. The
+   plan lists each row's visible step rows *in position order*, so both cases put the
+   key of position j at index j: the row's keys are laid out by absolute position.
+2. Scores q.k: one matrix product against every slot, then the step's part gathered
+   into position order. Each product element is one q.k dot product; it must not
+   depend on how many rows (M) or keys (N) share the call. oneDNN's bfloat16 products
+   (what `torch.matmul` runs in bfloat16 on a CPU) have this property; MKL's float32
+   products do not (tests/test_attention.py checks both facts).
+3. Softmax over the row's scores by absolute position, padded with -inf up to a
+   multiple of BLOCK (>= 16 lanes). PyTorch's last-dim softmax handles each row alone:
+   an exact max, exp by vector code on every element (tails too), a sum whose lane k
+   adds the elements k, k+16, ... in order. The padding adds exact zeros, so a longer
+   row gives the same bits on the shared prefix.
+4. Probabilities times values, in blocks of BLOCK absolute positions: one product per
+   block with a fixed inner length (BLOCK). Blocks that are wholly committed are
+   shared by every row (one product over all rows); the rest are gathered per row
+   (committed tail, then the ancestors by position, zeros past p). The per-block
+   partial sums are added in block order by a cumulative sum (sequential by
+   definition); blocks past a row's position hold exact zeros.
+
+What it costs: a product against the scores' blocks instead of one fused kernel, and
+a per-row copy of at most BLOCK + depth values. Where a product is not width
+invariant (float32 on MKL), the argument fails at step 2; invariant.py says where
+it holds and makes the rest of the forward invariant too.
+Scores are rounded to the model's dtype before the softmax, as transformers' eager
+attention does; the fused kernel keeps them in float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+BLOCK = 64  # positions per block of the value product; a multiple of the 16 float lanes of AVX-512
+# PyTorch hands a bfloat16 (batched) product to oneDNN only above this many multiply-adds
+_ONEDNN_MIN = 16 * 16 * 16
+
+
+def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch.matmul(a, b), with zero rows appended to `a` where a matrix would be too
+    small for oneDNN, so that a one-token step takes the same kernel as a wide one.
+    oneDNN's rows are independent of each other, so the padding changes no bit."""
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    need = _ONEDNN_MIN // (k * n) + 1
+    if m >= need:
+        return torch.matmul(a, b)
+    return torch.matmul(F.pad(a, (0, 0, 0, need - m)), b)[..., :m, :]
+
+
+class AttentionPlan:
+    """What one forward's layers need to attend: built once per forward."""
+
+    def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """q: (H, T, hd); keys/values: (Hkv, committed + T, hd). Returns (H, T, hd)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class _PlainPlan(AttentionPlan):
+    mask: torch.Tensor  # (T, committed + T) bool
+
+    def attend(self, q, keys, values):
+        # scores and softmax in float32 at least, as the reference Llama does; on a CPU this is
+        # also 3-4x faster for one bfloat16 row than PyTorch's bfloat16 attention kernel
+        wide = torch.promote_types(q.dtype, torch.float32)
+        # grouped-query attention: each group of H / Hkv query heads shares one kv head
+        out = F.scaled_dot_product_attention(
+            q.unsqueeze(0).to(wide), keys.unsqueeze(0).to(wide), values.unsqueeze(0).to(wide), attn_mask=self.mask,
+            enable_gqa=True,
+        )  # (1, H, T, hd)
+        return out[0].to(q.dtype)
+
+
+class PlainAttention:
+    """The fused kernel (see the module docstring)."""
+
+    name = "plain"
+
+    def plan(self, mask: torch.Tensor, positions: torch.Tensor, committed: int) -> AttentionPlan:
+        # every new row sees the whole committed cache: (T, committed + T)
+        return _PlainPlan(torch.cat([mask.new_ones(mask.shape[0], committed), mask], dim=1))
+
+
+@dataclass(frozen=True)
+class _InvariantPlan(AttentionPlan):
+    committed: int  # P: cache slots 0..P-1 hold positions 0..P-1
+    order: torch.Tensor  # (T, D) long: the step rows each row sees, in position order
+    seen: torch.Tensor  # (T, D) bool: which entries of `order` are real (a row sees fewer than D)
+    length: int  # L: P + D rounded up to a multiple of BLOCK (the score row's length)
+
+    def attend(self, q, keys, values):
+        n_heads, t, hd = q.shape
+        n_kv, p, d = keys.shape[0], self.committed, self.order.shape[1]
+        g = n_heads // n_kv
+        shared = p // BLOCK  # blocks every row sees whole from the cache
+        start = shared * BLOCK  # first position of the per-row blocks
+        qg = q.reshape(n_kv, g * t, hd)  # rows of a kv group: (g, T) flattened
+        acc = torch.promote_types(q.dtype, torch.float32)  # softmax and block sums: float32 at least
+
+        # 2. scores against every slot, then the step's part gathered into position order
+        scores = _product(qg, keys.transpose(1, 2)).to(acc) * hd**-0.5  # (Hkv, gT, P+T)
+        step = scores[..., p:].gather(2, self.order.repeat(g, 1).expand(n_kv, -1, -1))  # (Hkv, gT, D)
+        step = step.masked_fill(~self.seen.repeat(g, 1), float("-inf"))
+        pad = scores.new_full((n_kv, g * t, self.length - p - d), float("-inf"))
+        # 3. softmax over positions 0..L-1
+        probs = torch.softmax(torch.cat([scores[..., :p], step, pad], dim=2), dim=2).to(values.dtype)  # (Hkv, gT, L)
+
+        # 4. values in blocks of BLOCK positions: shared blocks once for all rows ...
+        v_shared = values[:, :start].view(n_kv, shared, BLOCK, hd)
+        p_shared = probs[..., :start].view(n_kv, g * t, shared, BLOCK).transpose(1, 2)  # (Hkv, nS, gT, B)
+        part_shared = _product(p_shared, v_shared)  # (Hkv, nS, gT, hd)
+        # ... and the rest per row: the committed tail, the row's ancestors, zeros
+        tail = values[:, start:p].unsqueeze(1).expand(n_kv, t, p - start, hd)
+        mine = values[:, p:][:, self.order] * self.seen[None, :, :, None]  # (Hkv, T, D, hd)
+        zeros = values.new_zeros(n_kv, t, self.length - p - d, hd)
+        v_own = torch.cat([tail, mine, zeros], dim=2).view(n_kv, t, -1, BLOCK, hd)  # (Hkv, T, nO, B, hd)
+        p_own = probs[..., start:].reshape(n_kv, g, t, -1, BLOCK).permute(0, 2, 3, 1, 4)  # (Hkv, T, nO, g, B)
+        part_own = _product(p_own, v_own)  # (Hkv, T, nO, g, hd)
+
+        parts = torch.cat(
+            [
+                part_shared.view(n_kv, shared, g, t, hd).permute(0, 2, 3, 1, 4),
+                part_own.permute(0, 3, 1, 2, 4),
+            ],
+            dim=3,
+        )  # (Hkv, g, T, blocks, hd), block order
+        total = parts.to(acc).cumsum(dim=3)[:, :, :, -1]  # sequential sum over blocks: (Hkv, g, T, hd)
+        return total.reshape(n_heads, t, hd).to(q.dtype)
+
+
+class InvariantAttention:
+    """Each row's result independent of the step's width (see the module docstring)."""
+
+    name = "invariant"
+
+    def plan(self, mask: torch.Tensor, positions: torch.Tensor, committed: int) -> AttentionPlan:
+        t = mask.shape[0]
+        # sort each row's visible step rows by position (then by row); hidden ones last
+        key = positions[None, :] * t + torch.arange(t, device=mask.device)[None, :]  # (T, T)
+        key = key.masked_fill(~mask, torch.iinfo(torch.long).max)
+        d = int(mask.sum(dim=1).max())
+        order = key.sort(dim=1).indices[:, :d]  # (T, D)
+        seen = mask.gather(1, order)
+        length = -(-(committed + d) // BLOCK) * BLOCK
+        return _InvariantPlan(committed, order, seen, length)
+

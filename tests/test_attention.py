@@ -1,0 +1,185 @@
+"""The width-invariant forward (invariant.py, attention.py). Its promise, stated directly:
+every row of a wide forward equals, bit for bit, the row of the same token fed one
+token at a time after its chain (greedy decoding's forward), so lookahead equals greedy
+bitwise in bfloat16. Oracles: the one-token-at-a-time forward, and the plain kernel
+(same values to rounding; tightly in float64).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import tiny_model
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minila import LookaheadConfig, MinilaError, greedy_generate, lookahead_generate
+from minila.attention import BLOCK, InvariantAttention, PlainAttention
+from minila.invariant import MAX_INNER, SplitInner, choose_forward, invariant_ok, make_width_invariant
+from minila.layout import candidate_tree, step_layout
+from minila.masks import ancestor_mask, depths
+from minila.model import Linear
+
+pytestmark = pytest.mark.skipif(
+    not invariant_ok(torch.bfloat16, torch.device("cpu")), reason="bfloat16 products need oneDNN on an AVX-512 CPU"
+)
+
+
+@st.composite
+def bf16_models(draw, max_seq_len: int = 256):
+    """Tiny bfloat16 models with the invariant forward. Widths of at least 128 keep every
+    matrix product above PyTorch's size threshold for oneDNN (a one-row product below it
+    takes another kernel; attention._product pads the attention's own products); an FFN
+    of 1100 has its down projection split (SplitInner)."""
+    n_heads, n_kv_heads = draw(st.sampled_from([(4, 2), (2, 1), (4, 4), (3, 1), (6, 2)]))
+    head_dim = draw(st.sampled_from([32, 64]))
+    dim = max(n_heads * head_dim, 128) // n_heads * n_heads
+    model = tiny_model(
+        draw(st.integers(0, 10_000)), vocab=draw(st.sampled_from([64, 128])), dim=dim, n_heads=n_heads,
+        n_kv_heads=n_kv_heads, n_layers=draw(st.integers(1, 2)), hidden_dim=draw(st.sampled_from([40, 64, 128, 1100])),
+        max_seq_len=max_seq_len, dtype=torch.bfloat16,
+    )  # fmt: skip
+    with torch.no_grad():  # a peaky head makes text repetitive, so that candidates get accepted
+        model.output.weight.mul_(draw(st.sampled_from([1.0, 4.0]), label="peak"))
+    return make_width_invariant(model)  # packs the matrices: change no weight after this
+
+
+@st.composite
+def step_parents(draw) -> tuple[int, ...]:
+    """A step's parent tree: a real lookahead layout (window + candidate tree) or any tree."""
+    if draw(st.booleans()):
+        cands = draw(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=4), max_size=4))
+        return step_layout(draw(st.integers(1, 5)), draw(st.integers(1, 3)), candidate_tree(cands).parents).parents
+    t = draw(st.integers(1, 16))
+    return (-1, *(draw(st.integers(-1, i - 1)) for i in range(1, t)))
+
+
+@torch.inference_mode()
+def one_token_at_a_time_logits(model, prefix: list[int], step: list[int], parents) -> torch.Tensor:
+    """Greedy's forward for every step row: the prefix, then the row's chain, one token
+    per forward into a cache that holds exactly what came before. (T, vocab)"""
+    cache = model.new_cache(len(prefix) + len(step))
+    for i, tok in enumerate(prefix):
+        model(torch.tensor([tok]), torch.tensor([i]), cache)
+        cache.commit()
+    rows = []
+    for i in range(len(step)):
+        chain = []
+        while i >= 0:
+            chain.append(step[i])
+            i = parents[i]
+        cache.truncate(len(prefix))
+        for k, tok in enumerate(reversed(chain)):
+            logits = model(torch.tensor([tok]), torch.tensor([len(prefix) + k]), cache)[0]
+            cache.commit()
+        rows.append(logits)
+    return torch.stack(rows)
+
+
+@torch.inference_mode()
+def wide_logits(model, prefix: list[int], step: list[int], parents, chunks: int) -> torch.Tensor:
+    """The prefix fed in `chunks` causal forwards (a prefill, then wide steps), then the
+    whole step in one forward under its ancestor mask. (T, vocab)"""
+    cache = model.new_cache(len(prefix) + len(step))
+    bounds = torch.linspace(0, len(prefix), chunks + 1).long().tolist()
+    for a, b in zip(bounds, bounds[1:]):
+        if b > a:
+            model(torch.tensor(prefix[a:b]), torch.arange(a, b), cache)
+            cache.commit()
+    positions = len(prefix) + torch.tensor(depths(parents))
+    return model(torch.tensor(step), positions, cache, ancestor_mask(parents))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bf16_models(), step_parents(), st.integers(1, 2 * BLOCK + 20), st.integers(1, 3), st.data())
+def test_every_row_of_a_wide_step_equals_the_one_token_forward_bitwise(model, parents, prefix_len, chunks, data):
+    vocab = model.args.vocab_size
+    tokens = data.draw(st.lists(st.integers(0, vocab - 1), min_size=prefix_len + len(parents),
+                                max_size=prefix_len + len(parents)), label="tokens")  # fmt: skip
+    prefix, step = tokens[:prefix_len], tokens[prefix_len:]
+    wide = wide_logits(model, prefix, step, parents, chunks)
+    alone = one_token_at_a_time_logits(model, prefix, step, parents)
+    for i in range(len(step)):
+        assert torch.equal(wide[i], alone[i]), f"row {i} (parents {parents}) differs from its one-token forward"
+
+
+def test_the_plain_kernel_is_not_width_invariant_in_bfloat16():
+    """Why the invariant kernel exists: with the fused kernel the same comparison fails."""
+    parents = step_layout(5, 4, candidate_tree([[1, 2, 3], [1, 4], [5, 6, 7]]).parents).parents
+    differ = {"plain": 0, "invariant": 0}
+    for seed in range(4):
+        model = tiny_model(seed, vocab=64, dim=128, n_heads=4, n_kv_heads=2, hidden_dim=128, dtype=torch.bfloat16,
+                           max_seq_len=256)  # fmt: skip
+        gen = torch.Generator().manual_seed(seed)
+        tokens = torch.randint(0, 64, (150 + len(parents),), generator=gen).tolist()
+        prefix, step = tokens[:150], tokens[150:]
+        for kernel in (PlainAttention(), InvariantAttention()):
+            model.attention_kernel = kernel
+            wide = wide_logits(model, prefix, step, parents, 1)
+            alone = one_token_at_a_time_logits(model, prefix, step, parents)
+            differ[kernel.name] += sum(not torch.equal(wide[i], alone[i]) for i in range(len(step)))
+    assert differ["invariant"] == 0 and differ["plain"] > 0, differ
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), step_parents(), st.integers(0, 2 * BLOCK + 20), st.data())
+def test_both_kernels_compute_the_same_attention(seed, parents, prefix_len, data):
+    """Same values: to float64 rounding in float64, to bfloat16 rounding in bfloat16."""
+    vocab = 64
+    tokens = data.draw(st.lists(st.integers(0, vocab - 1), min_size=prefix_len + len(parents),
+                                max_size=prefix_len + len(parents)), label="tokens")  # fmt: skip
+    prefix, step = tokens[:prefix_len], tokens[prefix_len:]
+    for dtype, tol in ((torch.float64, 1e-10), (torch.bfloat16, 0.1)):
+        model = tiny_model(seed, vocab=vocab, dim=128, n_heads=4, n_kv_heads=2, hidden_dim=64, dtype=dtype,
+                           max_seq_len=256)  # fmt: skip
+        out = {}
+        for kernel in (PlainAttention(), InvariantAttention()):
+            model.attention_kernel = kernel
+            out[kernel.name] = wide_logits(model, prefix, step, parents, 2)
+        torch.testing.assert_close(out["invariant"].double(), out["plain"].double(), rtol=tol, atol=tol)
+
+
+configs = st.builds(
+    LookaheadConfig, window=st.integers(1, 6), ngram=st.integers(2, 5), guess=st.integers(0, 6),
+    seed=st.integers(0, 1000), warmup=st.sampled_from(["fill", "seed"]), copy=st.sampled_from([0, 0, 3, 10]),
+)  # fmt: skip
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bf16_models(max_seq_len=160), configs, st.data())
+def test_bfloat16_lookahead_equals_greedy_bitwise(model, config, data):
+    vocab = model.args.vocab_size
+    alphabet = data.draw(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=6, unique=True), label="alphabet")
+    prompt = data.draw(st.lists(st.sampled_from(alphabet), min_size=1, max_size=70), label="prompt")
+    max_new = data.draw(st.integers(1, 64), label="max_new")
+    greedy = greedy_generate(model, prompt, max_new)
+    look = lookahead_generate(model, prompt, max_new, config)
+    assert look.tokens == greedy.tokens
+
+
+@pytest.mark.parametrize("n_in", [1100, 1536, 2500])
+def test_a_split_product_gives_every_row_the_same_bits_whatever_the_row_count(n_in):
+    gen = torch.Generator().manual_seed(n_in)
+    linear = Linear(n_in, 192).requires_grad_(False)
+    linear.weight.copy_(torch.randn(192, n_in, generator=gen) / n_in**0.5)
+    linear = linear.to(torch.bfloat16)
+    split = SplitInner(linear)
+    assert all(s.stop - s.start <= MAX_INNER for s in split.slices)
+    x = torch.randn(40, n_in, generator=gen).to(torch.bfloat16)
+    alone = torch.cat([split(x[i : i + 1]) for i in range(40)])
+    assert torch.equal(split(x), alone)
+    torch.testing.assert_close(split(x).float(), linear(x).float(), rtol=0.02, atol=0.02)
+    if n_in >= 1536:  # why it is split: one product over the whole inner length rounds a wide call's rows differently
+        assert not torch.equal(linear(x), torch.cat([linear(x[i : i + 1]) for i in range(40)]))
+
+
+def test_auto_picks_the_invariant_forward_only_where_it_holds():
+    assert invariant_ok(torch.bfloat16, torch.device("cpu")) and not invariant_ok(torch.float32, torch.device("cpu"))
+    bf16 = choose_forward(tiny_model(0, dim=128, hidden_dim=1100, dtype=torch.bfloat16), "auto")
+    assert bf16.attention_kernel.name == "invariant" and isinstance(bf16.layers[0].feed_forward.w2, SplitInner)
+    fp32 = choose_forward(tiny_model(0, dim=128, hidden_dim=1100, dtype=torch.float32), "auto")
+    assert fp32.attention_kernel.name == "plain" and isinstance(fp32.layers[0].feed_forward.w2, Linear)
+    assert choose_forward(tiny_model(0, dtype=torch.float32), "invariant").attention_kernel.name == "invariant"
+    with pytest.raises(MinilaError, match="unknown forward 'fast'"):
+        choose_forward(tiny_model(0), "fast")
