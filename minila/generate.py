@@ -3,7 +3,8 @@
 Streams the text as it is produced (tokens accepted several per step are highlighted,
 like the paper's demo), then prints one stats line. `--mode compare` runs greedy and
 lookahead decoding on the same input and says whether they are identical.
-`--json` prints one JSON object instead.
+`--json` prints one JSON object instead. `--interactive` holds a conversation instead
+(chat.py). Every bad option or input ends as one line `error: ...` and exit code 2.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import torch
 from minila.autotune import auto_config
 from minila.checkpoint import load_checkpoint
 from minila.errors import MinilaError
-from minila.generation import Generation, OnTokens
-from minila.greedy import greedy_generate
+from minila.generation import Generation, OnTokens, argmax, check_request
+from minila.greedy import autoregressive_generate, greedy_generate
 from minila.jacobi import jacobi_generate
 from minila.lookahead import LookaheadConfig, lookahead_generate
-from minila.sampling import SamplingConfig, sample_generate
+from minila.sampling import Sampler, SamplingConfig, sample_generate
 
 DEFAULT_PROMPT = "Write a short poem about the sea."
 HIGHLIGHT, RESET = "\033[1;36m", "\033[0m"
@@ -49,8 +50,13 @@ def lookahead_config(args: argparse.Namespace, model=None) -> LookaheadConfig:
     return LookaheadConfig(**chosen, seed=args.seed)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage and a prefixed message: one line instead
+        raise MinilaError(f"{message} (see python -m minila.generate --help)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m minila.generate", description=__doc__.split("\n")[0])
+    p = _Parser(prog="python -m minila.generate", description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True, help="an HF-format Llama folder (config.json, safetensors, tokenizer)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--mode", choices=["lookahead", "greedy", "jacobi", "compare"], default="lookahead")
@@ -69,7 +75,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--json", action="store_true", help="print one JSON object, no streaming")
+    p.add_argument("--interactive", "-i", action="store_true",
+                   help="a conversation on the terminal (lookahead or greedy mode); /reset, /exit, Ctrl-C stops an answer")
+    p.add_argument("--system", default=None, help="a system message to start the conversation with")
     return p.parse_args(argv)
+
+
+def check_options(args: argparse.Namespace) -> SamplingConfig | None:
+    """Refuse bad option values before the (slow) load, so a typo fails at once."""
+    if args.threads is not None and args.threads < 1:
+        raise MinilaError(f"--threads must be >= 1, got {args.threads}")
+    if args.max_new_tokens < 1:
+        raise MinilaError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.seed < 0:
+        raise MinilaError(f"--seed must be >= 0, got {args.seed}")
+    if not args.ckpt:
+        raise MinilaError("--ckpt is empty: give the folder of an HF-format Llama checkpoint")
+    lookahead_config(args)
+    if args.interactive and (args.json or args.mode in ("compare", "jacobi")):
+        raise MinilaError("--interactive decodes with --mode lookahead or greedy and prints text: drop --json/--mode")
+    if args.temperature is not None and args.mode == "compare":
+        raise MinilaError("--mode compare checks lookahead against greedy decoding: drop --temperature")
+    # top-k/top-p are checked even when unused, so a bad value never passes silently
+    sampling = SamplingConfig(
+        temperature=1.0 if args.temperature is None else args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+    )  # fmt: skip
+    return sampling if args.temperature is not None else None
 
 
 def summary(gen: Generation) -> dict:
@@ -107,21 +139,19 @@ def make_printer(tokenizer, color: bool) -> tuple[OnTokens, Callable[[], None]]:
     return on_tokens, finish
 
 
-def run(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    # validate the options before the (slow) load, so a typo fails at once
-    lookahead_config(args)
-    sampling = None
-    if args.temperature is not None and args.mode == "compare":
-        raise MinilaError("--mode compare checks lookahead against greedy decoding: drop --temperature")
-    if args.temperature is not None:
-        sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+def run(args: argparse.Namespace) -> dict | None:
+    sampling = check_options(args)
     model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype)
+    if args.threads:  # after the checks: a failed run changes nothing
+        torch.set_num_threads(args.threads)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    if args.interactive:
+        return chat(args, model, tokenizer, sampling)
     if args.no_chat:
         prompt_ids = tokenizer.encode(args.prompt)
     else:
-        prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}])
+        prompt_ids = tokenizer.apply_chat_template([*system, {"role": "user", "content": args.prompt}])
+    check_request(model, prompt_ids, args.max_new_tokens)  # before auto-tuning measures (and caches) anything
     eos, k = tokenizer.eos_ids, args.max_new_tokens
     config = lookahead_config(args, model) if args.mode in ("lookahead", "compare") else None
     color = not args.json and sys.stdout.isatty() and "NO_COLOR" not in os.environ
@@ -179,14 +209,39 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+def chat(args: argparse.Namespace, model, tokenizer, sampling: SamplingConfig | None) -> None:
+    """--interactive: hand the model to a chat session (chat.py) decoding as the options say."""
+    from minila.chat import ChatSession, run_chat
+
+    if args.mode == "greedy":
+        choose = Sampler(sampling) if sampling else argmax
+        label = "greedy" + (f", T={sampling.temperature}" if sampling else "")
+
+        def decode(model, ids, k, eos, on_tokens, cache):
+            return autoregressive_generate(model, ids, k, eos, on_tokens, choose, cache)
+
+        extra = 0
+    else:
+        config = lookahead_config(args, model)
+        label = "lookahead, " + config.label
+
+        def decode(model, ids, k, eos, on_tokens, cache):
+            return lookahead_generate(model, ids, k, config, eos, on_tokens, sampling=sampling, cache=cache)
+
+        extra = config.step_tokens
+    greedy_generate(model, tokenizer.encode("Hello")[-8:] or [0], 2)  # warm-up, as for one prompt
+    session = ChatSession(model, tokenizer, decode, args.max_new_tokens, extra, system=args.system)
+    run_chat(session, label, make_printer)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         result = run(args)
     except MinilaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.json:
+    if result is not None and args.json:
         print(json.dumps(result))
     return 0
 

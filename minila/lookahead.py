@@ -11,7 +11,8 @@
         cache.commit(rows of last + matched candidate tokens)
         window.advance(fresh); emit verdict.tokens
 
-Every state (cache, window, pool) is created per call: nothing leaks between requests.
+Every state (cache, window, pool) is created per call: nothing leaks between requests,
+unless the caller hands in a conversation's cache (chat.py) to extend.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Sequence
 import torch
 
 from minila.errors import MinilaError
-from minila.generation import Choose, Generation, OnTokens, argmax, check_request, prefill
+from minila.generation import Choose, Generation, OnTokens, argmax, prefill, request_cache
+from minila.kv_cache import KVCache
 from minila.layout import candidate_tree, step_layout
 from minila.model import Transformer
 from minila.ngram_pool import ContextLookup, NGramPool
@@ -77,16 +79,19 @@ def lookahead_generate(
     on_tokens: OnTokens | None = None,
     choose: Choose = argmax,
     sampling: SamplingConfig | None = None,
+    cache: KVCache | None = None,
 ) -> Generation:
     """Decode exactly as greedy decoding would, several tokens per forward pass.
     `choose` picks the model's token from a row of logits (argmax: greedy; a sampler:
     sampling with the model's distribution preserved). `sampling` is the usual way to
-    sample: it makes `choose` a fresh Sampler for this request."""
+    sample: it makes `choose` a fresh Sampler for this request. `cache`: one that already
+    holds the prompt's first tokens (a conversation so far, see generation.request_cache),
+    with room for this request; only the rest of the prompt is prefilled."""
     if sampling is not None:
         if choose is not argmax:
             raise MinilaError("give lookahead_generate either `choose` or `sampling`, not both")
         choose = Sampler(sampling)
-    cache = model.new_cache(check_request(model, prompt_ids, max_new_tokens, extra_rows=config.step_tokens))
+    cache = request_cache(model, prompt_ids, max_new_tokens, config.step_tokens, cache)
     last_position = model.args.max_seq_len - 1
     device = model.device
     gen = Generation()
