@@ -64,6 +64,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
             raise MinilaError("device 'mps' was requested but this PyTorch has no Apple-GPU support; use --device cpu")
     elif dev.type != "cpu":
         raise MinilaError(f"device type {dev.type!r} is not supported; use auto, cpu, cuda or mps")
+    elif dev.index not in (None, 0):
+        raise MinilaError(f"device {str(device)!r}: PyTorch has one CPU device; use --device cpu")
     return dev
 
 
@@ -80,10 +82,11 @@ def _rope(config: dict, path: Path) -> tuple[float, RopeScaling | None]:
     dict holding both. Kinds minila does not implement are refused by name: their
     outputs would be silently wrong.
     """
-    params = config_value(config, "rope_parameters", dict, path) or config_value(config, "rope_scaling", dict, path)
+    # as transformers reads them: rope_scaling, when present, wins; the dict's theta over the top-level one
+    params = config_value(config, "rope_scaling", dict, path) or config_value(config, "rope_parameters", dict, path)
     params = params or {}
-    theta = config_value(params, "rope_theta", float, path) or config_value(config, "rope_theta", float, path)
-    theta = 10000.0 if theta is None else theta
+    theta = config_value(params, "rope_theta", float, path)
+    theta = config_value(config, "rope_theta", float, path, 10000.0) if theta is None else theta
     if not theta > 0:
         raise broken(path, f"rope_theta is {theta!r}, but must be > 0")
     if config_value(config, "partial_rotary_factor", float, path, 1.0) != 1.0:
@@ -94,7 +97,7 @@ def _rope(config: dict, path: Path) -> tuple[float, RopeScaling | None]:
     if kind not in ROPE_KINDS:
         raise MinilaError(
             f"{path}: RoPE scaling {kind!r} is not implemented (minila runs default, linear and llama3 RoPE); "
-            "its outputs would be silently wrong, so the model is refused"
+            "its outputs would be silently wrong, so the model is refused: use a checkpoint without it"
         )
     factor = config_value(params, "factor", float, path)
     if factor is None:
@@ -127,10 +130,12 @@ def args_from_hf_config(config: dict, path: Path = CONFIG) -> ModelArgs:
                 f"this Mistral model uses sliding-window attention ({window} < context {max_len}); "
                 "minila runs full attention only"
             )
+    elif model_type is None:
+        raise broken(path, "has no model_type, so it is not an HF transformers model config")
     elif model_type != "llama":
         raise MinilaError(
             f"{path} describes a {model_type!r} model {architectures}; minila runs Llama-architecture "
-            "models only (model_type 'llama', architectures LlamaForCausalLM)"
+            "models only (model_type 'llama', architectures LlamaForCausalLM): use such a checkpoint"
         )
     unknown = {str(a) for a in architectures} - {"LlamaForCausalLM", "MistralForCausalLM"}
     if unknown:
@@ -228,7 +233,8 @@ def weight_files(folder: Path) -> list[Path]:
         if (folder / name).is_file():
             return [folder / name]
     raise MinilaError(
-        f"no weights in {folder}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+        f"no weights in {folder}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin; "
+        "download the weights into it, or point --ckpt at the complete checkpoint"
     )
 
 
@@ -284,7 +290,7 @@ def build_model(args: ModelArgs, state: dict[str, torch.Tensor], device: torch.d
         if tuple(state[name].shape) != shape:
             raise MinilaError(
                 f"tensor {name} has shape {tuple(state[name].shape)} but config.json implies {shape}; "
-                "config.json and the weights disagree"
+                f"config.json and the weights disagree; {FIX}"
             )
     model.load_state_dict(state, strict=True, assign=True)
     if args.tie_embeddings:  # assign=True replaced both parameters: tie them again
@@ -317,7 +323,7 @@ def load_checkpoint(
     if tokenizer.vocab_size > args.vocab_size:
         raise MinilaError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {args.vocab_size}; "
-            "the tokenizer files belong to another model"
+            "the tokenizer files belong to another model: copy the ones that came with the weights"
         )
     outside = [i for i in [*tokenizer.eos_ids, tokenizer.bos_id] if i is not None and not 0 <= i < args.vocab_size]
     if outside:

@@ -51,7 +51,7 @@ def read_json(path: Path, required: bool = False) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        what = "empty" if not text.strip() else f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+        what = "empty" if not text.strip() else f"not valid JSON ({e.msg}: line {e.lineno} column {e.colno})"
         raise broken(path, what + ", so cut short or garbled") from None
     if not isinstance(value, dict):
         raise broken(path, f"holds a JSON {_JSON_NAMES.get(type(value), type(value).__name__)}, not an object of settings")

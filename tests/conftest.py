@@ -187,7 +187,9 @@ def llama3_tokenizer_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def write_tiny_llama3(folder: Path, tokenizer_json: Path, rope: dict, *, spelling: str = "transformers5", seed: int = 0):
+def write_tiny_llama3(
+    folder: Path, tokenizer_json: Path, rope: dict, *, spelling: str = "transformers5", seed: int = 0, **save_kwargs
+):
     """A Llama 3.x folder: random weights saved by transformers with scaled RoPE `rope`,
     written in one of config.json's two spellings ("transformers5": rope_parameters;
     "transformers4": rope_theta + rope_scaling), several EOS ids in config.json and
@@ -202,7 +204,7 @@ def write_tiny_llama3(folder: Path, tokenizer_json: Path, rope: dict, *, spellin
                          rope_parameters=dict(rope), rms_norm_eps=1e-5, tie_word_embeddings=True,
                          bos_token_id=0, eos_token_id=eos)  # fmt: skip
     model = _random_llama(LlamaForCausalLM, config, seed)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, **save_kwargs)
     saved = json.loads((folder / "config.json").read_text())
     if spelling == "transformers4":
         params = saved.pop("rope_parameters")
