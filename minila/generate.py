@@ -241,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     except MinilaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C during a load or a one-prompt answer: stop quietly, as a shell tool does
+        print(file=sys.stderr)
+        return 130
     if result is not None and args.json:
         print(json.dumps(result))
     return 0

@@ -111,6 +111,22 @@ def test_reset_and_a_full_context(llama3_f64):
     assert session.ask(QUESTIONS[1]).tokens == from_scratch(model, tok, [{"role": "user", "content": QUESTIONS[1]}], 8)
 
 
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_smollm2_chat_equals_greedy_from_scratch_in_float32(real_model):
+    model, tok = real_model
+    config = LookaheadConfig(window=1, ngram=5, guess=5, copy=10)
+
+    def decode(model, ids, k, eos, on_tokens, cache):
+        return lookahead_generate(model, ids, k, config, eos, on_tokens, cache=cache)
+
+    session = ChatSession(model, tok, decode, 32, config.step_tokens)
+    for question in ["Name three prime numbers.", "Now three even ones.", "Which of them is the largest?"]:
+        history = [*session.messages, {"role": "user", "content": question}]
+        assert session.ask(question).tokens == from_scratch(model, tok, history, 32)
+    assert session.cache_ids[: len(tok.apply_chat_template(history))] == tok.apply_chat_template(history)
+
+
 # ------------------------------------------------------------------------- through a terminal
 
 

@@ -110,3 +110,29 @@ def test_llama3_tokenizer_and_chat_template_equal_transformers(tmp_path, llama3_
     calls = [{"function": {"name": "f", "arguments": {}}}] * 2
     with pytest.raises(MinilaError, match="only supports single tool-calls"):  # raise_exception
         tok.render_chat([{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": calls}])
+
+
+def test_every_eos_id_of_the_configs_stops_decoding(tmp_path, llama3_tokenizer_json):
+    import json
+
+    from transformers import LlamaForCausalLM
+
+    folder = tmp_path / "ckpt"
+    write_tiny_llama3(folder, llama3_tokenizer_json, LLAMA3_ROPE)
+    model, _ = load_checkpoint(folder, device="cpu")
+    prompt = torch.randint(len(LLAMA3_SPECIALS), 400, (80,), generator=torch.Generator().manual_seed(1)).tolist()
+    free = greedy_generate(model, prompt, 30).tokens  # no EOS: where would each token stop it?
+    stop = next(t for i, t in enumerate(free) if i >= 8 and t not in free[:i])
+    # generation_config.json names it after two others; config.json names one more
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 4, stop]}))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "eos_token_id": [5, 1]}))
+    model, tok = load_checkpoint(folder, device="cpu")
+    assert tok.eos_ids == [1, 4, stop, 5]
+    expected = free[: free.index(stop) + 1]
+    hf = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=30, do_sample=False, pad_token_id=0)[0, 80:]
+    assert theirs.tolist() == expected  # transformers stops there too
+    for gen in (greedy_generate(model, prompt, 30, tok.eos_ids),
+                lookahead_generate(model, prompt, 30, LookaheadConfig(window=3, ngram=3, guess=3, copy=4), tok.eos_ids)):  # fmt: skip
+        assert gen.tokens == expected and gen.stop_reason == "eos"
