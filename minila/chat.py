@@ -34,9 +34,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from minila.errors import MinilaError
-from minila.generation import Generation, OnTokens
+from minila.generation import Generation, OnTokens, argmax
+from minila.greedy import autoregressive_generate, greedy_generate
 from minila.kv_cache import KVCache
+from minila.lookahead import LookaheadConfig, lookahead_generate
 from minila.model import Transformer
+from minila.sampling import Sampler, SamplingConfig
 from minila.tokenizer import Tokenizer
 
 # decode(model, prompt_ids, max_new_tokens, eos_ids, on_tokens, cache) -> Generation
@@ -199,3 +202,32 @@ def run_chat(session: ChatSession, label: str, make_printer) -> None:
             print(f"error: {e}", flush=True)
         except KeyboardInterrupt:  # a Ctrl-C between decoding and the stats line
             print(flush=True)
+
+
+def chat(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    config: LookaheadConfig | None,
+    sampling: SamplingConfig | None,
+    max_new_tokens: int,
+    system: str | None,
+    make_printer,
+) -> None:
+    """The CLI's --interactive: lookahead decoding with `config` (None: greedy, or plain
+    sampling with `sampling`), printed with generate.py's streaming printer."""
+    if config is None:
+        choose = Sampler(sampling) if sampling else argmax
+        label = "greedy" if sampling is None else f"sampling, T={sampling.temperature}"
+
+        def decode(model, ids, k, eos, on_tokens, cache):
+            return autoregressive_generate(model, ids, k, eos, on_tokens, choose, cache)
+
+    else:
+        label = "lookahead, " + config.label
+
+        def decode(model, ids, k, eos, on_tokens, cache):
+            return lookahead_generate(model, ids, k, config, eos, on_tokens, sampling=sampling, cache=cache)
+
+    greedy_generate(model, tokenizer.encode("Hello")[-8:] or [0], 2)  # warm-up, as generate.py does
+    extra = config.step_tokens if config else 0
+    run_chat(ChatSession(model, tokenizer, decode, max_new_tokens, extra, system=system), label, make_printer)

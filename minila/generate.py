@@ -21,11 +21,11 @@ import torch
 from minila.autotune import auto_config
 from minila.checkpoint import load_checkpoint
 from minila.errors import MinilaError
-from minila.generation import Generation, OnTokens, argmax, check_request
-from minila.greedy import autoregressive_generate, greedy_generate
+from minila.generation import Generation, OnTokens, check_request
+from minila.greedy import greedy_generate
 from minila.jacobi import jacobi_generate
 from minila.lookahead import LookaheadConfig, lookahead_generate
-from minila.sampling import Sampler, SamplingConfig, sample_generate
+from minila.sampling import SamplingConfig, sample_generate
 
 DEFAULT_PROMPT = "Write a short poem about the sea."
 HIGHLIGHT, RESET = "\033[1;36m", "\033[0m"
@@ -146,7 +146,10 @@ def run(args: argparse.Namespace) -> dict | None:
         torch.set_num_threads(args.threads)
     system = [{"role": "system", "content": args.system}] if args.system else []
     if args.interactive:
-        return chat(args, model, tokenizer, sampling)
+        from minila.chat import chat
+
+        config = lookahead_config(args, model) if args.mode == "lookahead" else None
+        return chat(model, tokenizer, config, sampling, args.max_new_tokens, args.system, make_printer)
     if args.no_chat:
         prompt_ids = tokenizer.encode(args.prompt)
     else:
@@ -207,31 +210,6 @@ def run(args: argparse.Namespace) -> dict | None:
             f"speedup {speedup:.2f}x"
         )
     return result
-
-
-def chat(args: argparse.Namespace, model, tokenizer, sampling: SamplingConfig | None) -> None:
-    """--interactive: hand the model to a chat session (chat.py) decoding as the options say."""
-    from minila.chat import ChatSession, run_chat
-
-    if args.mode == "greedy":
-        choose = Sampler(sampling) if sampling else argmax
-        label = "greedy" + (f", T={sampling.temperature}" if sampling else "")
-
-        def decode(model, ids, k, eos, on_tokens, cache):
-            return autoregressive_generate(model, ids, k, eos, on_tokens, choose, cache)
-
-        extra = 0
-    else:
-        config = lookahead_config(args, model)
-        label = "lookahead, " + config.label
-
-        def decode(model, ids, k, eos, on_tokens, cache):
-            return lookahead_generate(model, ids, k, config, eos, on_tokens, sampling=sampling, cache=cache)
-
-        extra = config.step_tokens
-    greedy_generate(model, tokenizer.encode("Hello")[-8:] or [0], 2)  # warm-up, as for one prompt
-    session = ChatSession(model, tokenizer, decode, args.max_new_tokens, extra, system=args.system)
-    run_chat(session, label, make_printer)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ terminal (a pty), with a Ctrl-C that lands while an answer is being written."""
 
 from __future__ import annotations
 
+import io
 import os
 import pty
 import re
@@ -109,6 +110,18 @@ def test_reset_and_a_full_context(llama3_f64):
     session.reset()
     assert session.messages == [] and session.cache.length == 0
     assert session.ask(QUESTIONS[1]).tokens == from_scratch(model, tok, [{"role": "user", "content": QUESTIONS[1]}], 8)
+
+
+def test_greedy_chat_from_a_pipe(llama3_dir, monkeypatch, capsys):
+    from minila.generate import main
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{QUESTIONS[0]}\n/nonsense\n{QUESTIONS[1]}\n/exit\nnever read\n"))
+    args = ["--ckpt", str(llama3_dir), "--interactive", "--mode", "greedy", "--device", "cpu", "--max-new-tokens", "12"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    stats = re.findall(r"\[greedy\] (\d+) tokens in (\d+) steps.*?(\d+)/\d+ prompt tokens from the cache", out)
+    assert len(stats) == 2 and all(n == steps for n, steps, _ in stats)  # greedy: one token per step
+    assert stats[0][2] == "0" and int(stats[1][2]) > 0 and "unknown command /nonsense" in out
 
 
 @pytest.mark.real_model
