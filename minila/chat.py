@@ -195,12 +195,13 @@ def run_chat(session: ChatSession, label: str, make_printer) -> None:
             continue
         on_tokens, finish = make_printer(session.tokenizer, color)
         try:
-            turn = session.ask(text, on_tokens)  # a Ctrl-C while it decodes ends the answer
-            finish()
-            print(stats_line(label, turn), flush=True)
-        except MinilaError as e:  # e.g. the context is full: say so and keep the session
-            print(f"error: {e}", flush=True)
-        except KeyboardInterrupt:  # a Ctrl-C between decoding and the stats line
+            try:
+                turn = session.ask(text, on_tokens)  # a Ctrl-C while it decodes ends the answer
+                finish()
+                print(stats_line(label, turn), flush=True)
+            except MinilaError as e:  # e.g. the context is full: say so and keep the session
+                print(f"error: {e}", flush=True)
+        except KeyboardInterrupt:  # a Ctrl-C anywhere else in the turn (e.g. while printing)
             print(flush=True)
 
 

@@ -213,6 +213,10 @@ def test_interactive_chat_in_a_terminal(llama3_dir, tmp_path):
         reused = re.search(r"(\d+)/(\d+) prompt tokens from the cache", term.read_until(r"from the cache"))
         assert int(reused[1]) > 0  # the second turn extends the first one's cache
 
+        term.read_until(r"> ")
+        term.type("/reset\n")
+        term.read_until(r"new conversation")
+
         # Ctrl-C while an answer is being written: stop the terminal's output (XOFF), send a
         # message, wait until the chat blocks writing its first piece of the answer, press Ctrl-C
         term.read_until(r"> ")
@@ -221,19 +225,19 @@ def test_interactive_chat_in_a_terminal(llama3_dir, tmp_path):
         term.type("\x13" + QUESTIONS[2] + "\n")
         term.wait_for_another_syscall(than=reading)  # it took the line and now blocks writing the answer
         term.type("\x03")  # the terminal turns it into SIGINT, and restarts the output
-        stopped = re.search(r"stopped by Ctrl-C after (\d+) tokens", term.read_until(r"stopped by Ctrl-C[^\n]*\n"))
+        stopped = re.search(r"stopped by Ctrl-C after (\d+) tokens.*, (\d+)/\d+ prompt tokens from the cache",
+                            term.read_until(r"stopped by Ctrl-C[^\n]*\n"))  # fmt: skip
         assert int(stopped[1]) >= 1  # mid-answer: the first tokens were decoded, the rest never was
+        assert stopped[2] == "0"  # /reset forgot the earlier turns' cache
 
-        term.read_until(r"> ")  # the session goes on: /reset, a Ctrl-C at the prompt, one more answer
-        term.type("/reset\n")
-        term.read_until(r"new conversation")
+        # the session goes on: a Ctrl-C at the prompt, then an answer that extends the interrupted turn
         term.read_until(r"> ")
         term.type("\x03")
         term.read_until(r"> ")
         term.type(QUESTIONS[0] + "\n")
         again = term.read_until(r"\[lookahead[^\n]*from the cache")
-        assert re.search(r", 0/\d+ prompt tokens from the cache", again)  # /reset forgot the cache
         assert re.search(r"\d+ tokens in \d+ steps", again)
+        assert int(re.search(r", (\d+)/\d+ prompt tokens from the cache", again)[1]) > 0
         term.read_until(r"> ")
         term.type("\x04")  # Ctrl-D leaves
         assert term.close() == 0
