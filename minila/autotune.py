@@ -123,7 +123,9 @@ def cost_curve_for(model: Transformer) -> CostCurve:
     curve = measure_cost_curve(model)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(curve)))
+        partial = path.with_suffix(f".{os.getpid()}.tmp")  # then renamed: a killed run leaves no half file
+        partial.write_text(json.dumps(asdict(curve)))
+        os.replace(partial, path)
     except OSError:  # a read-only home only costs a re-measurement next time
         pass
     return curve

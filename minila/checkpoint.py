@@ -13,15 +13,17 @@ tensors are assigned to it, so loading costs about one read of the weight files.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 
 import torch
 
 from minila.errors import MinilaError
+from minila.files import FIX, broken, config_value, first_line, read_json
 from minila.invariant import choose_forward
 from minila.model import Linear, ModelArgs, Transformer, rope_tables
+from minila.rope import KINDS as ROPE_KINDS
+from minila.rope import RopeScaling
 from minila.tokenizer import Tokenizer
 
 # ------------------------------------------------------------------------- options
@@ -63,80 +65,118 @@ def resolve_device(device: str | torch.device) -> torch.device:
             raise MinilaError("device 'mps' was requested but this PyTorch has no Apple-GPU support; use --device cpu")
     elif dev.type != "cpu":
         raise MinilaError(f"device type {dev.type!r} is not supported; use auto, cpu, cuda or mps")
+    elif dev.index not in (None, 0):
+        raise MinilaError(f"device {str(device)!r}: PyTorch has one CPU device; use --device cpu")
     return dev
 
 
 # ------------------------------------------------------------------------- config.json
 
+CONFIG = Path("config.json")  # the name errors give when args_from_hf_config is called on a dict
 
-def _rope_theta(config: dict) -> float:
-    """Reject the RoPE variants minila does not implement, and return the base theta.
 
-    transformers < 5 writes `rope_theta` and `rope_scaling`; transformers 5 writes both
-    into `rope_parameters`.
+def _rope(config: dict, path: Path) -> tuple[float, RopeScaling | None]:
+    """The base theta and the scaling, from either spelling of config.json.
+
+    transformers < 5 writes `rope_theta` and `rope_scaling` (None, or a dict with
+    `rope_type`, or `type` in older files); transformers 5 writes one `rope_parameters`
+    dict holding both. Kinds minila does not implement are refused by name: their
+    outputs would be silently wrong.
     """
-    params = config.get("rope_parameters") or {}
-    scaling = config.get("rope_scaling") or params
-    kind = scaling.get("rope_type", scaling.get("type"))
-    if kind not in (None, "default"):
+    # as transformers reads them: rope_scaling, when present, wins; the dict's theta over the top-level one
+    params = config_value(config, "rope_scaling", dict, path) or config_value(config, "rope_parameters", dict, path)
+    params = params or {}
+    theta = config_value(params, "rope_theta", float, path)
+    theta = config_value(config, "rope_theta", float, path, 10000.0) if theta is None else theta
+    if not theta > 0:
+        raise broken(path, f"rope_theta is {theta!r}, but must be > 0")
+    if config_value(config, "partial_rotary_factor", float, path, 1.0) != 1.0:
+        raise MinilaError(f"{path}: partial_rotary_factor is not 1: minila rotates whole heads and cannot run this model")
+    kind = params.get("rope_type", params.get("type")) or "default"
+    if kind == "default":
+        return theta, None
+    if kind not in ROPE_KINDS:
         raise MinilaError(
-            f"this checkpoint uses RoPE scaling {kind!r} (e.g. Llama 3.1+), which minila does not implement; "
-            "its outputs would be silently wrong, so it is refused"
+            f"{path}: RoPE scaling {kind!r} is not implemented (minila runs default, linear and llama3 RoPE); "
+            "its outputs would be silently wrong, so the model is refused: use a checkpoint without it"
         )
-    return float(config.get("rope_theta") or params.get("rope_theta") or 10000.0)
+    factor = config_value(params, "factor", float, path)
+    if factor is None:
+        raise broken(path, f"the {kind} RoPE scaling lacks its factor")
+    fields = {}
+    if kind == "llama3":
+        for key, name in (("low_freq_factor", "low_freq_factor"), ("high_freq_factor", "high_freq_factor")):
+            fields[name] = config_value(params, key, float, path)
+            if fields[name] is None:
+                raise broken(path, f"the llama3 RoPE scaling lacks {key}")
+        # transformers falls back to the model's context when the pretraining one is not given
+        original = config_value(params, "original_max_position_embeddings", int, path)
+        fields["original_max_len"] = original or config_value(config, "max_position_embeddings", int, path, 2048)
+    try:
+        return theta, RopeScaling(kind, factor, **fields)
+    except ValueError as e:
+        raise broken(path, str(e)) from None
 
 
-def args_from_hf_config(config: dict) -> ModelArgs:
-    """ModelArgs from an HF config.json, refusing anything that is not a plain Llama."""
-    model_type = config.get("model_type")
-    architectures = config.get("architectures") or []
-    max_len = int(config.get("max_position_embeddings", 2048))
+def args_from_hf_config(config: dict, path: Path = CONFIG) -> ModelArgs:
+    """ModelArgs from an HF config.json, refusing anything that is not a plain Llama.
+    `path` names the file in error messages."""
+    model_type = config_value(config, "model_type", str, path)
+    architectures = config_value(config, "architectures", list, path, [])
+    max_len = config_value(config, "max_position_embeddings", int, path, 2048, low=1)
     if model_type == "mistral":  # a Llama, unless its sliding window actually bites
-        window = config.get("sliding_window")
+        window = config_value(config, "sliding_window", int, path)
         if window is not None and window < max_len:
             raise MinilaError(
                 f"this Mistral model uses sliding-window attention ({window} < context {max_len}); "
                 "minila runs full attention only"
             )
+    elif model_type is None:
+        raise broken(path, "has no model_type, so it is not an HF transformers model config")
     elif model_type != "llama":
         raise MinilaError(
-            f"config.json describes a {model_type!r} model {architectures}; minila runs Llama-architecture "
-            "models only (model_type 'llama', architectures LlamaForCausalLM)"
+            f"{path} describes a {model_type!r} model {architectures}; minila runs Llama-architecture "
+            "models only (model_type 'llama', architectures LlamaForCausalLM): use such a checkpoint"
         )
-    unknown = set(architectures) - {"LlamaForCausalLM", "MistralForCausalLM"}
+    unknown = {str(a) for a in architectures} - {"LlamaForCausalLM", "MistralForCausalLM"}
     if unknown:
-        raise MinilaError(f"config.json names architectures {sorted(unknown)}; minila loads LlamaForCausalLM only")
-    if config.get("hidden_act", "silu") != "silu":
+        raise MinilaError(f"{path} names architectures {sorted(unknown)}; minila loads LlamaForCausalLM only")
+    if config_value(config, "hidden_act", str, path, "silu") != "silu":
         raise MinilaError(f"hidden_act {config['hidden_act']!r} is not SwiGLU's silu; minila cannot run this model")
-    if config.get("attention_bias") or config.get("mlp_bias"):
+    if config_value(config, "attention_bias", bool, path) or config_value(config, "mlp_bias", bool, path):
         raise MinilaError("this checkpoint has attention/MLP biases; minila's Llama has none")
 
     missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
                if config.get(k) is None]  # fmt: skip
     if missing:
-        raise MinilaError(f"config.json lacks {', '.join(missing)}; is it an HF transformers config?")
-    dim, n_heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-    head_dim = config.get("head_dim")
+        raise MinilaError(f"{path} lacks {', '.join(missing)}; is it an HF transformers config? {FIX}")
+    size = {k: config_value(config, k, int, path, low=1) for k in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")}  # fmt: skip
+    dim, n_heads = size["hidden_size"], size["num_attention_heads"]
+    n_kv_heads = config_value(config, "num_key_value_heads", int, path, n_heads, low=1)
+    head_dim = config_value(config, "head_dim", int, path, low=1)
     if head_dim is not None and (dim % n_heads or head_dim != dim // n_heads):
         raise MinilaError(
-            f"config head_dim {head_dim} differs from hidden_size / num_attention_heads = {dim}/{n_heads}; "
+            f"{path}: head_dim {head_dim} differs from hidden_size / num_attention_heads = {dim}/{n_heads}; "
             "minila derives head_dim from those and cannot run this model"
         )
+    theta, scaling = _rope(config, path)
     try:
         return ModelArgs(
-            vocab_size=int(config["vocab_size"]),
+            vocab_size=size["vocab_size"],
             dim=dim,
-            n_layers=int(config["num_hidden_layers"]),
+            n_layers=size["num_hidden_layers"],
             n_heads=n_heads,
-            n_kv_heads=int(config.get("num_key_value_heads") or n_heads),
-            hidden_dim=int(config["intermediate_size"]),
-            rope_theta=_rope_theta(config),
-            norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            n_kv_heads=n_kv_heads,
+            hidden_dim=size["intermediate_size"],
+            rope_theta=theta,
+            norm_eps=config_value(config, "rms_norm_eps", float, path, 1e-6),
             max_seq_len=max_len,
-            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+            tie_embeddings=config_value(config, "tie_word_embeddings", bool, path, False),
+            rope_scaling=scaling,
         )
     except ValueError as e:
-        raise MinilaError(f"config.json is inconsistent: {e}") from None
+        raise broken(path, f"inconsistent settings: {e}") from None
 
 
 # ------------------------------------------------------------------------- weights
@@ -178,27 +218,45 @@ def weight_files(folder: Path) -> list[Path]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
-            with open(index, encoding="utf-8") as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
+            weight_map = read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map or not all(
+                isinstance(v, str) and v and ".." not in Path(v).parts for v in weight_map.values()
+            ):
+                raise broken(index, "has no weight_map of tensor names to shard files")
+            shards = sorted(set(weight_map.values()))
             missing = [s for s in shards if not (folder / s).is_file()]
             if missing:
-                raise MinilaError(f"{index_name} lists shards that are missing from {folder}: {missing[:3]}")
+                raise broken(
+                    index, f"lists shards that are missing from {folder}: {missing[:3]}", "download the missing shards"
+                )
             return [folder / s for s in shards]
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
             return [folder / name]
     raise MinilaError(
-        f"no weights in {folder}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+        f"no weights in {folder}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin; "
+        "download the weights into it, or point --ckpt at the complete checkpoint"
     )
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """Every tensor of one weight file. Whatever the reader raises on a damaged file
+    (safetensors' "invalid header length", a truncated zip, a bad pickle) means the same
+    thing to the user: this file is damaged; so it becomes that one error."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
-    # weights_only=True: a pickle may carry code; this refuses anything but tensors
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            tensors = load_file(str(path), device="cpu")
+        else:  # weights_only=True: a pickle may carry code; this refuses anything but tensors
+            tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any failure to parse the file is the file's fault
+        size = path.stat().st_size if path.exists() else 0
+        what = "empty" if size == 0 else f"unreadable ({first_line(e)})"
+        raise broken(path, f"{what}, so cut short (an interrupted download?) or damaged") from None
+    if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise broken(path, "holds something other than a mapping of names to tensors")
+    return tensors
 
 
 def load_state_dict(folder: Path, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
@@ -233,13 +291,13 @@ def build_model(args: ModelArgs, state: dict[str, torch.Tensor], device: torch.d
         if tuple(state[name].shape) != shape:
             raise MinilaError(
                 f"tensor {name} has shape {tuple(state[name].shape)} but config.json implies {shape}; "
-                "config.json and the weights disagree"
+                f"config.json and the weights disagree; {FIX}"
             )
     model.load_state_dict(state, strict=True, assign=True)
     if args.tie_embeddings:  # assign=True replaced both parameters: tie them again
         model.output.weight = model.tok_embeddings.weight
     # the RoPE tables are buffers, not weights: compute them for real (kept in float32)
-    cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
+    cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta, args.rope_scaling)
     model.rope_cos, model.rope_sin = cos.to(device), sin.to(device)
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:  # a new buffer in model.py that this loader does not know how to fill
@@ -260,6 +318,8 @@ def load_checkpoint(
     `forward`: "plain", "invariant" (each row's logits independent of the step's width:
     invariant.py), or "auto" (invariant where that holds: bfloat16 on a CPU)."""
     folder = Path(path)
+    if folder.is_file():
+        raise MinilaError(f"{folder} is a file; point --ckpt at the folder that holds config.json and the weights")
     if not folder.is_dir():
         raise MinilaError(f"checkpoint folder {folder} does not exist; run `make weights` or pass --ckpt DIR")
     if not (folder / "config.json").is_file():
@@ -267,13 +327,18 @@ def load_checkpoint(
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     if forward not in ("auto", "plain", "invariant"):  # fail before the (slow) load
         raise MinilaError(f"unknown forward {forward!r}; use auto, plain or invariant")
-    with open(folder / "config.json", encoding="utf-8") as f:
-        args = args_from_hf_config(json.load(f))
+    args = args_from_hf_config(read_json(folder / "config.json"), folder / "config.json")
     tokenizer = Tokenizer.from_folder(folder)  # before the weights: fail fast on a missing tokenizer
     if tokenizer.vocab_size > args.vocab_size:
         raise MinilaError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {args.vocab_size}; "
-            "the tokenizer files belong to another model"
+            "the tokenizer files belong to another model: copy the ones that came with the weights"
+        )
+    outside = [i for i in [*tokenizer.eos_ids, tokenizer.bos_id] if i is not None and not 0 <= i < args.vocab_size]
+    if outside:
+        raise MinilaError(
+            f"{folder}: special token ids {outside} (eos_token_id / bos_token_id in config.json or "
+            f"generation_config.json) are outside the vocabulary of {args.vocab_size} tokens; {FIX}"
         )
     model = build_model(args, load_state_dict(folder, dt, dev), dev)
     if pack:

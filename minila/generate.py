@@ -3,7 +3,8 @@
 Streams the text as it is produced (tokens accepted several per step are highlighted,
 like the paper's demo), then prints one stats line. `--mode compare` runs greedy and
 lookahead decoding on the same input and says whether they are identical.
-`--json` prints one JSON object instead.
+`--json` prints one JSON object instead. `--interactive` holds a conversation instead
+(chat.py). Every bad option or input ends as one line `error: ...` and exit code 2.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from minila.autotune import auto_budget, auto_config
 from minila.budget import FULL
 from minila.checkpoint import load_checkpoint
 from minila.errors import MinilaError
-from minila.generation import Generation, OnTokens
+from minila.generation import Generation, OnTokens, check_request
 from minila.greedy import greedy_generate
 from minila.jacobi import jacobi_generate
 from minila.launch import launched_by_torchrun
@@ -53,8 +54,13 @@ def lookahead_config(args: argparse.Namespace, model=None) -> LookaheadConfig:
     return LookaheadConfig(**chosen, seed=args.seed)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage and a prefixed message: one line instead
+        raise MinilaError(f"{message} (see python -m minila.generate --help)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m minila.generate", description=__doc__.split("\n")[0])
+    p = _Parser(prog="python -m minila.generate", description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True, help="an HF-format Llama folder (config.json, safetensors, tokenizer)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--mode", choices=["lookahead", "greedy", "jacobi", "compare"], default="lookahead")
@@ -84,7 +90,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print one JSON object, no streaming")
     p.add_argument("--rendezvous-timeout", type=float, default=60.0,
                    help="under torchrun (lookahead parallelism): seconds to wait for every rank")  # fmt: skip
+    p.add_argument("--interactive", "-i", action="store_true",
+                   help="a conversation on the terminal (lookahead or greedy mode); /reset, /exit, Ctrl-C stops an answer")
+    p.add_argument("--system", default=None, help="a system message to start the conversation with")
     return p.parse_args(argv)
+
+
+def check_options(args: argparse.Namespace) -> SamplingConfig | None:
+    """Refuse bad option values before the (slow) load, so a typo fails at once."""
+    if args.threads is not None and args.threads < 1:
+        raise MinilaError(f"--threads must be >= 1, got {args.threads}")
+    if args.max_new_tokens < 1:
+        raise MinilaError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.seed < 0:
+        raise MinilaError(f"--seed must be >= 0, got {args.seed}")
+    if not args.ckpt:
+        raise MinilaError("--ckpt is empty: give the folder of an HF-format Llama checkpoint")
+    lookahead_config(args)
+    if args.interactive and (args.json or args.mode in ("compare", "jacobi")):
+        raise MinilaError("--interactive decodes with --mode lookahead or greedy and prints text: drop --json/--mode")
+    if args.temperature is not None and args.mode == "compare":
+        raise MinilaError("--mode compare checks lookahead against greedy decoding: drop --temperature")
+    # top-k/top-p are checked even when unused, so a bad value never passes silently
+    sampling = SamplingConfig(
+        temperature=1.0 if args.temperature is None else args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+    )  # fmt: skip
+    return sampling if args.temperature is not None else None
 
 
 def summary(gen: Generation) -> dict:
@@ -122,17 +154,18 @@ def make_printer(tokenizer, color: bool) -> tuple[OnTokens, Callable[[], None]]:
     return on_tokens, finish
 
 
-def run(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    # validate the options before the (slow) load, so a typo fails at once
-    lookahead_config(args)
-    sampling = None
-    if args.temperature is not None and args.mode == "compare":
-        raise MinilaError("--mode compare checks lookahead against greedy decoding: drop --temperature")
-    if args.temperature is not None:
-        sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+def run(args: argparse.Namespace) -> dict | None:
+    sampling = check_options(args)
     model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype, forward=args.forward)
+    if args.threads:  # after the checks: a failed run changes nothing
+        torch.set_num_threads(args.threads)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    if args.interactive:
+        from minila.chat import chat
+
+        config = lookahead_config(args, model) if args.mode == "lookahead" else None
+        budget = auto_budget(model) if args.budget == "cost" and config is not None else FULL
+        return chat(model, tokenizer, config, sampling, args.max_new_tokens, args.system, make_printer, budget)
     memory_path = memory = None
     if args.memory != "off" and args.mode in ("lookahead", "compare"):
         fingerprint = tokenizer_fingerprint(args.ckpt)
@@ -141,7 +174,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.no_chat:
         prompt_ids = tokenizer.encode(args.prompt)
     else:
-        prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}])
+        prompt_ids = tokenizer.apply_chat_template([*system, {"role": "user", "content": args.prompt}])
+    check_request(model, prompt_ids, args.max_new_tokens)  # before auto-tuning measures (and caches) anything
     eos, k = tokenizer.eos_ids, args.max_new_tokens
     config = lookahead_config(args, model) if args.mode in ("lookahead", "compare") else None
     budget = auto_budget(model) if args.budget == "cost" else FULL
@@ -210,17 +244,20 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if launched_by_torchrun():  # one request's steps split over the ranks: minila.launch
-        from minila.launch import main as parallel_main
-
-        return parallel_main(args)
     try:
+        args = parse_args(argv)
+        if launched_by_torchrun():  # one request's steps split over the ranks: minila.launch
+            from minila.launch import main as parallel_main
+
+            return parallel_main(args)
         result = run(args)
     except MinilaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.json:
+    except KeyboardInterrupt:  # Ctrl-C during a load or a one-prompt answer: stop quietly, as a shell tool does
+        print(file=sys.stderr)
+        return 130
+    if result is not None and args.json:
         print(json.dumps(result))
     return 0
 

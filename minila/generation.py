@@ -112,21 +112,24 @@ def prefill(
     choose: Choose = argmax,
 ) -> list[int]:
     """Step 1 of the parallel decoders: one causal forward of the prompt, committed to
-    the cache, gives the first token. Returns what it emitted."""
+    the cache, gives the first token. Returns what it emitted. A cache that already
+    holds the first `cache.length` prompt tokens (a conversation's earlier turns, see
+    `request_cache`) is extended: only the rest of the prompt is fed."""
     start = time.perf_counter()
     device = model.device
-    positions = torch.arange(len(prompt_ids), device=device)
-    logits = model(as_tensor(prompt_ids, device), positions, cache, logits_for=torch.tensor([-1], device=device))
+    held = cache.length
+    positions = torch.arange(held, len(prompt_ids), device=device)
+    logits = model(as_tensor(prompt_ids[held:], device), positions, cache, logits_for=torch.tensor([-1], device=device))
     cache.commit()
-    return gen.end_step([choose(logits[0])], eos_ids, max_new_tokens, start, len(prompt_ids), on_tokens)
+    return gen.end_step([choose(logits[0])], eos_ids, max_new_tokens, start, len(prompt_ids) - held, on_tokens)
 
 
 def check_request(model, prompt_ids: Sequence[int], max_new_tokens: int, extra_rows: int = 0) -> int:
     """Validate a decoding request at the boundary; return the KV-cache capacity it needs."""
     if len(prompt_ids) == 0:
         raise MinilaError("the prompt is empty: give at least one token")
-    if max_new_tokens < 1:
-        raise MinilaError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise MinilaError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     vocab = model.args.vocab_size
     bad = [t for t in prompt_ids if not 0 <= int(t) < vocab]
     if bad:
@@ -139,6 +142,24 @@ def check_request(model, prompt_ids: Sequence[int], max_new_tokens: int, extra_r
         )
     # a lookahead step may feed guesses past the final position; RoPE covers max_seq_len
     return len(prompt_ids) + max_new_tokens + extra_rows
+
+
+def request_cache(model, prompt_ids: Sequence[int], max_new_tokens: int, extra_rows: int = 0, cache=None):
+    """The KV cache a request decodes into, after `check_request`: a new one, or `cache`,
+    whose committed rows the caller vouches are the K/V of prompt_ids[:cache.length]
+    (what a chat session keeps from turn to turn). It must leave at least the prompt's
+    last token to feed (its logits give the first new token) and have room for the rest."""
+    needed = check_request(model, prompt_ids, max_new_tokens, extra_rows)
+    if cache is None:
+        return model.new_cache(needed)
+    if cache.pending or cache.length >= len(prompt_ids):
+        raise MinilaError(
+            f"a reused KV cache must hold a proper prefix of the prompt ({len(prompt_ids)} tokens), "
+            f"it holds {cache.length}: truncate it first"
+        )
+    if cache.capacity < needed:
+        raise MinilaError(f"the KV cache has {cache.capacity} slots but this request needs {needed}")
+    return cache
 
 
 def as_tensor(ids: Sequence[int], device: torch.device) -> torch.Tensor:

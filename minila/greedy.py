@@ -8,7 +8,8 @@ from typing import Sequence
 
 import torch
 
-from minila.generation import Choose, Generation, OnTokens, argmax, as_tensor, check_request
+from minila.generation import Choose, Generation, OnTokens, argmax, as_tensor, request_cache
+from minila.kv_cache import KVCache
 from minila.model import Transformer
 
 
@@ -20,12 +21,14 @@ def autoregressive_generate(
     eos_ids: Sequence[int] = (),
     on_tokens: OnTokens | None = None,
     choose: Choose = argmax,
+    cache: KVCache | None = None,
 ) -> Generation:
     """One token per forward pass: feed the prompt once (the prefill), then each new
-    token, choosing the next one from the last row's logits."""
-    cache = model.new_cache(check_request(model, prompt_ids, max_new_tokens))
+    token, choosing the next one from the last row's logits. `cache`: one that already
+    holds the prompt's first tokens (see generation.request_cache); only the rest is fed."""
+    cache = request_cache(model, prompt_ids, max_new_tokens, cache=cache)
     gen = Generation()
-    tokens = as_tensor(prompt_ids, model.device)  # (T,) the prefill, then one token at a time
+    tokens = as_tensor(prompt_ids[cache.length :], model.device)  # (T,) the prefill, then one token at a time
     last_row = torch.tensor([-1], device=model.device)  # only the last row needs logits
     while True:
         start = time.perf_counter()
@@ -45,6 +48,7 @@ def greedy_generate(
     max_new_tokens: int,
     eos_ids: Sequence[int] = (),
     on_tokens: OnTokens | None = None,
+    cache: KVCache | None = None,
 ) -> Generation:
     """Always the argmax: the ground truth for lookahead and Jacobi decoding."""
-    return autoregressive_generate(model, prompt_ids, max_new_tokens, eos_ids, on_tokens, argmax)
+    return autoregressive_generate(model, prompt_ids, max_new_tokens, eos_ids, on_tokens, argmax, cache)

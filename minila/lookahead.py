@@ -13,7 +13,8 @@
         window.advance(fresh); emit verdict.tokens
 
 Every state (cache, window, pool, acceptance rates) is created per call: nothing leaks
-between requests except through an explicit `memory`.
+between requests except through an explicit `memory`, or a conversation's cache
+(chat.py) handed in to extend.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import torch
 
 from minila.budget import FULL, Acceptance, Budget, Offer
 from minila.errors import MinilaError
-from minila.generation import Choose, Generation, OnTokens, argmax, check_request, prefill
+from minila.generation import Choose, Generation, OnTokens, argmax, prefill, request_cache
+from minila.kv_cache import KVCache
 from minila.layout import candidate_tree, step_layout
 from minila.memory import NGramMemory
 from minila.model import Transformer
@@ -84,6 +86,7 @@ def lookahead_generate(
     budget: Budget = FULL,
     memory: NGramMemory | None = None,
     acceptance: Acceptance | None = None,
+    cache: KVCache | None = None,
 ) -> Generation:
     """Decode exactly as greedy decoding would, several tokens per forward pass.
     `choose` picks the model's token from a row of logits (argmax: greedy; a sampler:
@@ -92,12 +95,15 @@ def lookahead_generate(
     each step feeds within the config's W, N, G and copy (FULL: all of it, the paper's
     step; a CostBudget: what pays on this machine). `memory` offers what earlier requests
     produced and learns this one's output. `acceptance` holds the offers' learned rates:
-    by default a fresh one (the prior) per request; pass one to carry it across requests."""
+    by default a fresh one (the prior) per request; pass one to carry it across requests.
+    `cache`: one that already holds the prompt's first tokens (a conversation so far, see
+    generation.request_cache), with room for this request; only the rest of the prompt is
+    prefilled."""
     if sampling is not None:
         if choose is not argmax:
             raise MinilaError("give lookahead_generate either `choose` or `sampling`, not both")
         choose = Sampler(sampling)
-    cache = model.new_cache(check_request(model, prompt_ids, max_new_tokens, extra_rows=config.step_tokens))
+    cache = request_cache(model, prompt_ids, max_new_tokens, config.step_tokens, cache)
     last_position = model.args.max_seq_len - 1
     device = model.device
     gen = Generation()

@@ -22,6 +22,7 @@ from torch import nn
 
 from minila.attention import AttentionPlan, PlainAttention
 from minila.kv_cache import KVCache
+from minila.rope import RopeScaling, inv_frequencies
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,15 @@ class ModelArgs:
     norm_eps: float = 1e-5
     max_seq_len: int = 2048
     tie_embeddings: bool = False
+    rope_scaling: RopeScaling | None = None  # Llama 3.1+ ("llama3") or "linear"; see rope.py
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelArgs.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("rope_theta", "norm_eps"):
+            if not getattr(self, name) > 0:  # also refuses NaN
+                raise ValueError(f"ModelArgs.{name} must be > 0, got {getattr(self, name)}")
         if self.dim % self.n_heads:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
@@ -66,9 +71,11 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    head_dim: int, max_len: int, theta: float, scaling: RopeScaling | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin for every position, (max_len, head_dim), in the rotate-half layout."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    inv_freq = inv_frequencies(head_dim, theta, scaling)  # (hd/2,)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (L, hd/2)
     angles = torch.cat([angles, angles], dim=-1)  # (L, hd)
     return angles.cos(), angles.sin()
@@ -209,7 +216,7 @@ class Transformer(nn.Module):
         self.output = Linear(args.dim, args.vocab_size)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
+        cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta, args.rope_scaling)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 

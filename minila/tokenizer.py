@@ -24,18 +24,15 @@ from pathlib import Path
 from typing import Iterable, Protocol
 
 from minila.errors import MinilaError
+from minila.files import broken, config_value, first_line, read_json, read_text
 
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _token_text(token: str | dict | None) -> str | None:
+def _token_text(token: str | dict | None, path: Path, name: str) -> str | None:
     """tokenizer_config.json writes a special token as a string or as an AddedToken dict."""
-    return token.get("content") if isinstance(token, dict) else token
+    text = token.get("content") if isinstance(token, dict) else token
+    if text is not None and not isinstance(text, str):
+        raise broken(path, f"{name} is {token!r}, but must be a token's text or {{\"content\": text}}")
+    return text
 
 
 # ------------------------------------------------------------------------- backends
@@ -56,7 +53,10 @@ class _HFBackend:
     def __init__(self, path: Path) -> None:
         from tokenizers import Tokenizer as HFTokenizer
 
-        self._tok = HFTokenizer.from_file(str(path))
+        try:
+            self._tok = HFTokenizer.from_file(str(path))
+        except Exception as e:  # noqa: BLE001 - the Rust library raises a bare Exception for any bad file
+            raise broken(path, f"not a tokenizer the tokenizers library can read ({first_line(e)})") from None
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
@@ -79,18 +79,26 @@ class _SentencePieceBackend:
     """A `tokenizer.model`, plus the special tokens that sentencepiece itself would not
     recognise inside text (BOS/EOS/UNK and tokenizer_config's `added_tokens_decoder`)."""
 
-    def __init__(self, path: Path, tok_config: dict) -> None:
+    def __init__(self, path: Path, tok_config: dict, config_path: Path) -> None:
         import sentencepiece
 
-        self._sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
-        self._add_bos = bool(tok_config.get("add_bos_token", True))
-        self._add_eos = bool(tok_config.get("add_eos_token", False))
+        try:
+            self._sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        except Exception as e:  # noqa: BLE001 - sentencepiece raises RuntimeError or OSError, by version
+            raise broken(path, f"not a sentencepiece model ({first_line(e)})") from None
+        if self._sp.get_piece_size() == 0:
+            raise broken(path, "a sentencepiece model without pieces")
+        self._add_bos = config_value(tok_config, "add_bos_token", bool, config_path, True)
+        self._add_eos = config_value(tok_config, "add_eos_token", bool, config_path, False)
         self.special: dict[str, int] = {}  # text -> id
         for i in (self._sp.bos_id(), self._sp.eos_id(), self._sp.unk_id()):
             if i >= 0:
                 self.special[self._sp.id_to_piece(i)] = i
-        for i, tok in tok_config.get("added_tokens_decoder", {}).items():
-            self.special[_token_text(tok)] = int(i)
+        for i, tok in (config_value(tok_config, "added_tokens_decoder", dict, config_path) or {}).items():
+            text = _token_text(tok, config_path, f"added_tokens_decoder[{i!r}]")
+            if not str(i).isdigit() or not text:
+                raise broken(config_path, f"added_tokens_decoder maps {i!r} to {tok!r}; keys must be token ids")
+            self.special[text] = int(i)
         self._special_text = {i: t for t, i in self.special.items()}
         # longest first, so "<s>" never wins over a longer token that starts with it
         self._split_order = sorted(self.special, key=len, reverse=True)
@@ -156,12 +164,25 @@ class _SentencePieceBackend:
 # ------------------------------------------------------------------------- chat template
 
 
-def render_chat_template(
-    template: str, messages: list[dict], add_generation_prompt: bool, **special: str | None
-) -> str:
-    """Render a chat template the way transformers does (same jinja2 settings, same helpers)."""
+def _jinja_env():
+    """The jinja2 environment transformers renders chat templates in: sandboxed,
+    trim_blocks + lstrip_blocks, loop controls, its tojson, raise_exception and
+    strftime_now, and the `{% generation %}` block (a marker for training; it renders
+    its body unchanged)."""
     import jinja2
+    from jinja2.ext import Extension
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationBlock(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller) -> str:
+            return caller()
 
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
@@ -169,27 +190,62 @@ def render_chat_template(
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, "jinja2.ext.loopcontrols"]
+    )
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
+def compile_chat_template(template: str, source: str = "the chat template"):
+    """A compiled jinja2 template; a syntax error is a MinilaError naming `source`."""
+    import jinja2
+
     try:
-        return env.from_string(template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, **special
-        )
-    except jinja2.exceptions.TemplateError as e:
-        raise MinilaError(f"the chat template rejected these messages: {e}") from e
+        return _jinja_env().from_string(template)
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        raise MinilaError(
+            f"{source}: the chat template is not valid jinja ({e.message}, template line {e.lineno}); "
+            "fix it or copy the model's original tokenizer files"
+        ) from None
 
 
-def _find_chat_template(folder: Path, tok_config: dict) -> str | None:
+def render_chat_template(
+    template, messages: list[dict], add_generation_prompt: bool, **special: str | None
+) -> str:
+    """Render a chat template (text, or from `compile_chat_template`) the way transformers does."""
+    if isinstance(template, str):
+        template = compile_chat_template(template)
+    try:
+        return template.render(messages=messages, add_generation_prompt=add_generation_prompt, **special)
+    except Exception as e:  # noqa: BLE001 - a template is a program from the checkpoint: any failure is its verdict
+        raise MinilaError(f"the chat template rejected these messages: {first_line(e)}") from None
+
+
+def _find_chat_template(folder: Path, tok_config: dict, config_path: Path) -> tuple[str, str] | tuple[None, None]:
+    """(template text, where it came from), or (None, None)."""
     jinja_file = folder / "chat_template.jinja"  # where newer transformers versions save it
     if jinja_file.is_file():
-        return jinja_file.read_text(encoding="utf-8")
+        return read_text(jinja_file), str(jinja_file)
     template = tok_config.get("chat_template")
     if isinstance(template, list):  # several named templates: use the default one
-        named = {t["name"]: t["template"] for t in template}
-        template = named.get("default")
-    return template
+        if not all(isinstance(t, dict) and isinstance(t.get("template"), str) for t in template):
+            raise broken(config_path, "chat_template is a list whose entries are not {name, template} objects")
+        template = {t.get("name"): t["template"] for t in template}.get("default")
+    if template is not None and not isinstance(template, str):
+        raise broken(config_path, f"chat_template is a JSON {type(template).__name__}, not the template's text")
+    return (template, str(config_path)) if template is not None else (None, None)
+
+
+def _ids(config: dict, path: Path, key: str) -> list[int]:
+    """A token id field (one id, a list of ids, or absent) as a list of ids."""
+    value = config.get(key)
+    values = value if isinstance(value, list) else [] if value is None else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in values):
+        raise broken(path, f"{key} is {value!r}, but must be a token id or a list of token ids")
+    return values
 
 
 # ------------------------------------------------------------------------- the interface
@@ -207,26 +263,30 @@ class Tokenizer:
         chat_template: str | None,
         special_tokens: dict[str, str | None],
         kind: str,
+        template_source: str | None = None,
     ) -> None:
         self._backend = backend
         self.bos_id = bos_id
         self.eos_ids = eos_ids
         self.chat_template = chat_template
+        # compiled once, now: a broken template fails at load time, naming its file
+        self._template = None if chat_template is None else compile_chat_template(
+            chat_template, template_source or "the chat template"
+        )
         self._special_tokens = special_tokens  # names the template may use: bos_token, eos_token, ...
         self.kind = kind  # "tokenizer.json" or "sentencepiece"
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> Tokenizer:
         folder = Path(folder)
-        tok_config = _read_json(folder / "tokenizer_config.json")
-        gen_config = _read_json(folder / "generation_config.json")
-        model_config = _read_json(folder / "config.json")
+        tok_path, gen_path, model_path = (folder / n for n in ("tokenizer_config.json", "generation_config.json", "config.json"))
+        tok_config, gen_config, model_config = read_json(tok_path), read_json(gen_path), read_json(model_path)
 
         if (folder / "tokenizer.json").is_file():
             backend: _Backend = _HFBackend(folder / "tokenizer.json")
             kind = "tokenizer.json"
         elif (folder / "tokenizer.model").is_file():
-            backend = _SentencePieceBackend(folder / "tokenizer.model", tok_config)
+            backend = _SentencePieceBackend(folder / "tokenizer.model", tok_config, tok_path)
             kind = "sentencepiece"
         else:
             raise MinilaError(
@@ -234,35 +294,37 @@ class Tokenizer:
                 "copy the tokenizer files of the checkpoint into this folder"
             )
 
-        special = {
-            name: _token_text(tok_config.get(name)) for name in ("bos_token", "eos_token", "unk_token", "pad_token")
-        }
+        names = ("bos_token", "eos_token", "unk_token", "pad_token")
+        special = {name: _token_text(tok_config.get(name), tok_path, name) for name in names}
         for name, text in backend.builtin_special_tokens().items():  # e.g. sentencepiece's own "<s>"
             if special[name] is None:
                 special[name] = text
         if special["bos_token"] is not None:
             bos_id = backend.token_to_id(special["bos_token"])
         else:  # fall back to the id in the model's configs
-            bos_id = gen_config.get("bos_token_id", model_config.get("bos_token_id"))
+            bos_id = _ids(gen_config, gen_path, "bos_token_id") or _ids(model_config, model_path, "bos_token_id")
+            bos_id = bos_id[0] if bos_id else None
 
-        # every id that ends generation: generation_config first, then the tokenizer's eos token
+        # every id that ends generation: Llama 3's configs list several (end of text, of turn,
+        # of a tool message); all of them stop decoding, then the tokenizer's eos token
         eos_ids: list[int] = []
-        from_gen = gen_config.get("eos_token_id", model_config.get("eos_token_id"))
-        for i in from_gen if isinstance(from_gen, list) else [from_gen]:
-            if i is not None and i not in eos_ids:
-                eos_ids.append(int(i))
+        for i in _ids(gen_config, gen_path, "eos_token_id") + _ids(model_config, model_path, "eos_token_id"):
+            if i not in eos_ids:
+                eos_ids.append(i)
         if special["eos_token"] is not None:
             i = backend.token_to_id(special["eos_token"])
             if i is not None and i not in eos_ids:
                 eos_ids.append(i)
 
+        template, source = _find_chat_template(folder, tok_config, tok_path)
         return cls(
             backend,
             bos_id=bos_id,
             eos_ids=eos_ids,
-            chat_template=_find_chat_template(folder, tok_config),
+            chat_template=template,
             special_tokens=special,
             kind=kind,
+            template_source=source,
         )
 
     @property
@@ -284,7 +346,7 @@ class Tokenizer:
         """The prompt text for a conversation (see the module docstring for the fallback)."""
         if self.chat_template is None:
             return "\n\n".join(m["content"] for m in messages)
-        return render_chat_template(self.chat_template, messages, add_generation_prompt, **self._special_tokens)
+        return render_chat_template(self._template, messages, add_generation_prompt, **self._special_tokens)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         """Prompt ids for a conversation, e.g. [{"role": "user", "content": "Hi"}]."""

@@ -86,6 +86,20 @@ def sp_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "sp.model"
 
 
+def _random_llama(cls, config, seed: int):
+    """A transformers Llama with random weights spread so that comparisons mean something
+    (HF's own init makes tiny logits)."""
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5 if p.ndim == 1 else 1.0 / p.shape[-1] ** 0.5)
+        for layer in model.model.layers:
+            layer.input_layernorm.weight.add_(1.0)
+            layer.post_attention_layernorm.weight.add_(1.0)
+    return model
+
+
 def _write_tiny_llama(
     folder: Path,
     sp_model_file: Path,
@@ -115,14 +129,7 @@ def _write_tiny_llama(
         bos_token_id=1,
         eos_token_id=2,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # HF's init makes tiny logits; spread them so comparisons mean something
-        for p in model.parameters():
-            p.normal_(0.0, 0.5 if p.ndim == 1 else 1.0 / p.shape[-1] ** 0.5)
-        for layer in model.model.layers:
-            layer.input_layernorm.weight.add_(1.0)
-            layer.post_attention_layernorm.weight.add_(1.0)
+    model = _random_llama(LlamaForCausalLM, config, seed)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(folder, **kwargs)
     shutil.copy(sp_model_file, folder / "tokenizer.model")
@@ -163,3 +170,61 @@ def rank_pool():
     pool = RankPool(ranks=2)
     yield pool
     pool.close()
+# ------------------------------------------------------------------------- a tiny Llama 3.x
+
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                   "<|eom_id|>", "<|eot_id|>"]  # fmt: skip
+LLAMA3_TEMPLATE = REPO / "tests" / "data" / "llama3.2_chat_template.jinja"  # Meta's, from Llama 3.2 Instruct
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE tokenizer.json laid out as Llama 3's: the special tokens above,
+    a post-processor that adds <|begin_of_text|>; trained here on SP_WORDS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=LLAMA3_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    rng = random.Random(1)
+    tok.train_from_iterator([" ".join(rng.choice(SP_WORDS) for _ in range(12)) for _ in range(500)], trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)])
+    path = tmp_path_factory.mktemp("llama3_tok") / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+def write_tiny_llama3(
+    folder: Path, tokenizer_json: Path, rope: dict, *, spelling: str = "transformers5", seed: int = 0, **save_kwargs
+):
+    """A Llama 3.x folder: random weights saved by transformers with scaled RoPE `rope`,
+    written in one of config.json's two spellings ("transformers5": rope_parameters;
+    "transformers4": rope_theta + rope_scaling), several EOS ids in config.json and
+    generation_config.json, Llama 3.2's chat template. Returns the HF model."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    eos = [LLAMA3_SPECIALS.index(t) for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")]
+    config = LlamaConfig(vocab_size=416, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                         rope_parameters=dict(rope), rms_norm_eps=1e-5, tie_word_embeddings=True,
+                         bos_token_id=0, eos_token_id=eos)  # fmt: skip
+    model = _random_llama(LlamaForCausalLM, config, seed)
+    model.save_pretrained(folder, **save_kwargs)
+    saved = json.loads((folder / "config.json").read_text())
+    if spelling == "transformers4":
+        params = saved.pop("rope_parameters")
+        saved["rope_theta"] = params.pop("rope_theta")
+        saved["rope_scaling"] = params
+    (folder / "config.json").write_text(json.dumps(saved, indent=2))
+    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": eos}))
+    shutil.copy(tokenizer_json, folder / "tokenizer.json")
+    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>",
+                  "eos_token": "<|eot_id|>", "chat_template": LLAMA3_TEMPLATE.read_text()}  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    return model

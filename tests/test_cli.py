@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -69,47 +70,74 @@ def test_first_divergence():
     assert first_divergence([1, 2], [1, 2, 3]) == 2
 
 
-@pytest.mark.parametrize(
-    "extra, message",
-    [
-        (["--window", "0"], "window"),
-        (["--ngram", "1"], "ngram"),
-        (["--guess", "-1"], "guess"),
-        (["--copy", "-1"], "copy"),
-        (["--max-new-tokens", "100000"], "context"),
-        (["--temperature", "-1"], "temperature"),
-        (["--mode", "compare", "--temperature", "0.7"], "compare"),
-    ],
-)
-def test_bad_options_are_one_line_errors(make_tiny_llama, capsys, extra, message):
-    folder, _ = make_tiny_llama()
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, sp_model_file):
+    from conftest import _write_tiny_llama
+
+    folder = tmp_path_factory.mktemp("cli") / "tiny"
+    _write_tiny_llama(folder, sp_model_file)
+    return folder
+
+
+NO_GPU = "sees no CUDA GPU" if not torch.cuda.is_available() else "does not exist"
+BAD_OPTIONS = [
+    (["--threads", "-1"], "--threads must be >= 1"),
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--threads", "two"], "argument --threads: invalid int value: 'two'"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--max-new-tokens", "-5"], "--max-new-tokens must be >= 1"),
+    (["--max-new-tokens", "100000"], "context"),
+    (["--prompt", "the quick brown fox " * 100, "--max-new-tokens", "4"], "shorten the prompt"),
+    (["--window", "0"], "window"),
+    (["--window", "wide"], "expected an integer or 'auto', got 'wide'"),
+    (["--ngram", "1"], "ngram"),
+    (["--guess", "-1"], "guess"),
+    (["--copy", "-1"], "copy"),
+    (["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--device", ""], "unknown device ''"),
+    (["--device", "cpu:1"], "one CPU device"),
+    (["--device", "cuda:7"], NO_GPU),
+    (["--temperature", "-1"], "temperature"),
+    (["--temperature", "nan"], "temperature"),
+    (["--top-k", "-1"], "top_k"),
+    (["--top-p", "0"], "top_p"),
+    (["--top-p", "1.5"], "top_p"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--mode", "fast"], "argument --mode: invalid choice: 'fast'"),
+    (["--mode", "compare", "--temperature", "0.7"], "compare"),
+    (["--interactive", "--json"], "--interactive"),
+    (["--interactive", "--mode", "compare"], "--interactive"),
+    (["--ckpt", ""], "--ckpt is empty"),
+    (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_OPTIONS, ids=[" ".join(e)[:30] for e, _ in BAD_OPTIONS])
+def test_bad_options_are_one_line_errors(tiny_dir, capsys, tmp_path, extra, message):
+    before = sorted(p.name for p in tiny_dir.iterdir())
     capsys.readouterr()  # drop what saving the tiny model printed
-    assert main(["--ckpt", str(folder), "--device", "cpu", *extra]) == 2
+    assert main(["--ckpt", str(tiny_dir), "--device", "cpu", "-W", "2", "-N", "3", "-G", "2", "--copy", "0", *extra]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tiny_dir.iterdir()) == before
 
 
-@pytest.mark.parametrize("case", ["missing", "not_llama", "no_tokenizer", "prompt_too_long", "cuda"])
-def test_bad_input_exit_code_2(make_tiny_llama, tmp_path, case):
-    folder, _ = make_tiny_llama()
-    args = ["--ckpt", str(folder), "--device", "cpu"]
-    if case == "missing":
-        args[1] = str(tmp_path / "nowhere")
-    elif case == "not_llama":
-        config = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps({**config, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
-    elif case == "no_tokenizer":
-        (folder / "tokenizer.model").unlink()
-    elif case == "prompt_too_long":
-        args += ["--prompt", "the quick brown fox " * 100, "--max-new-tokens", "4"]
-    elif case == "cuda":
-        if torch.cuda.is_available():
-            pytest.skip("this machine has a GPU: --device cuda is valid here")
-        args[3] = "cuda"
-    proc = subprocess.run([sys.executable, "-m", "minila.generate", *args], capture_output=True, text=True)
+def test_a_required_option_missing_is_one_line_error(capsys):
+    assert main([]) == 2
+    assert capsys.readouterr().err == "error: the following arguments are required: --ckpt (see python -m minila.generate --help)\n"
+
+
+def test_bad_input_exit_code_2_from_the_real_process(tiny_dir, tmp_path):
+    folder = tmp_path / "gpt2"
+    shutil.copytree(tiny_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    proc = subprocess.run([sys.executable, "-m", "minila.generate", "--ckpt", str(folder), "--device", "cpu"],
+                          capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "'gpt2' model" in proc.stderr
 
 
 @pytest.mark.real_model
