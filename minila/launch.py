@@ -134,6 +134,10 @@ def leave_group() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        try:  # leave together: a rank tearing gloo down while another still talks to it can abort
+            dist.barrier()
+        except Exception:  # a rank that failed may be gone already; leave anyway
+            pass
         dist.destroy_process_group()
 
 
