@@ -164,8 +164,7 @@ def run(args: argparse.Namespace) -> dict | None:
         from minila.chat import chat
 
         config = lookahead_config(args, model) if args.mode == "lookahead" else None
-        budget = auto_budget(model) if args.budget == "cost" and config is not None else FULL
-        return chat(model, tokenizer, config, sampling, args.max_new_tokens, args.system, make_printer, budget)
+        return chat(model, tokenizer, config, sampling, args.max_new_tokens, args.system, make_printer)
     memory_path = memory = None
     if args.memory != "off" and args.mode in ("lookahead", "compare"):
         fingerprint = tokenizer_fingerprint(args.ckpt)

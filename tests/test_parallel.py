@@ -244,7 +244,8 @@ def test_torchrun_json_is_one_object_with_the_ranks(make_tiny_llama, capsys):
     assert out["ranks"] == 2 and len(out["rank_width"]) == 2
     assert out["identical"] is True and out["tokens"] == out["greedy"]["tokens"]
     capsys.readouterr()
-    assert main([*common, "--mode", "lookahead", *FIXED]) == 0  # the same options in one process
+    # the same options in one process, with the paper's full step (the one the ranks split)
+    assert main([*common, "--mode", "lookahead", *FIXED, "--budget", "full", "--memory", "off"]) == 0
     single = json.loads(capsys.readouterr().out)
     assert single["tokens"] == out["tokens"] and single["steps"] == out["steps"] and "ranks" not in single
 
