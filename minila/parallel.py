@@ -47,7 +47,7 @@ import torch
 
 from minila.generation import Generation, OnTokens, check_request, prefill
 from minila.layout import CandidateTree, candidate_tree
-from minila.lookahead import LookaheadConfig
+from minila.lookahead import LookaheadConfig, gather_offers
 from minila.model import Transformer
 from minila.ngram_pool import ContextLookup, NGramPool
 from minila.parallel_layout import RankLayout, assign_candidates, cut_columns, rank_cost, rank_layout
@@ -139,14 +139,10 @@ class RankDecoder:
         return self.gen.done(self.max_new_tokens)
 
     def _candidates(self) -> list[list[int]]:
-        """The step's candidates, exactly as single-process lookahead builds them."""
-        c = self.config
+        """The step's candidates: what single-process lookahead offers to the paper's full step."""
         room = self.max_new_tokens - len(self.gen.tokens) - 1
-        candidates = [list(x) for x in self.pool.candidates(self.context[-1])[: c.guess]]
-        if c.copy:
-            candidates = [self.lookup.continuation(c.copy)] + candidates
-        candidates = [x[:room] for x in candidates] if room > 0 else []
-        return [x for x in candidates if x]
+        offers = gather_offers(self.context, self.pool, self.lookup, None, self.config, room, wants_more=False)
+        return [list(o.tokens) for o in offers]
 
     def _cut(self, candidates: list[list[int]]) -> tuple[tuple[range, ...], tuple[tuple[int, ...], ...]]:
         """Every rank's columns and candidates (each rank computes all of them, identically)."""
