@@ -211,6 +211,7 @@ class Acceptance:
 
 class Budget(Protocol):
     wants_more: bool  # whether sources should offer more than a full step verifies
+    learns: bool  # whether plan reads the learned rates (else the loop need not score offers)
 
     def plan(
         self, offers: Sequence[Offer], acceptance: Acceptance, window_rows: int, window_logits: int, max_nodes: int
@@ -221,6 +222,7 @@ class FullBudget:
     """The paper's step: every offer verified, the window every step."""
 
     wants_more = False
+    learns = False
 
     def plan(self, offers, acceptance, window_rows, window_logits, max_nodes) -> Plan:
         return Plan([o.tokens for o in offers], window=True, expected=float("nan"), cost=float("nan"))
@@ -235,6 +237,7 @@ class CostBudget:
 
     cost: Cost
     wants_more: bool = True
+    learns: bool = True
 
     def plan(self, offers, acceptance, window_rows, window_logits, max_nodes) -> Plan:
         chains = [o.tokens for o in offers]

@@ -163,8 +163,9 @@ def lookahead_generate(
         lookup.extend(emitted)
         if config.pool_from_output:
             pool.add_sequence(context, start=n_before - config.ngram + 1)
-        acceptance.record(n_before, offers, plan.window)
-        acceptance.catch_up(context, final=gen.done(max_new_tokens))
+        if budget.learns:  # score this step's offers once the text has moved past them
+            acceptance.record(n_before, offers, plan.window)
+            acceptance.catch_up(context, final=gen.done(max_new_tokens))
     if memory is not None:
         memory.learn(context, start=len(prompt_ids))
     return gen
