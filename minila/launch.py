@@ -98,6 +98,14 @@ def join_group(launch: Launch, backend: str, device: torch.device, timeout_s: fl
             "`torchrun --nproc-per-node K -m minila.generate ...`"
         )
     where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    # Import torch._dynamo before the group exists. Building the model imports it anyway
+    # (torch._refs -> torch._compile), and with it torch.distributed.nn.functional, whose
+    # functions take `group=group.WORLD` as a default bound at import time. Imported after
+    # init, those defaults pin the WORLD group: destroy_process_group() cannot free it, and
+    # its gloo threads live on into interpreter teardown, where rank 0 sometimes aborted
+    # ("terminate called without an active exception", issue 11). Imported before, they hold None.
+    import torch._dynamo  # noqa: F401
+
     if device.type == "cuda":
         torch.cuda.set_device(device)
     try:

@@ -250,6 +250,28 @@ def test_torchrun_json_is_one_object_with_the_ranks(make_tiny_llama, capsys):
     assert single["tokens"] == out["tokens"] and single["steps"] == out["steps"] and "ranks" not in single
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="lists threads through Linux's /proc")
+def test_leaving_the_group_ends_its_gloo_threads():
+    """Issue 11: torch.distributed.nn.functional (imported when the model is built) binds
+    group.WORLD as a default argument; imported after the group exists, it kept the group
+    and its gloo threads alive past leave_group, into interpreter teardown, where rank 0
+    sometimes aborted. A fresh process: this one may have imported it already."""
+    script = (
+        "import os, torch\n"
+        "from minila.launch import join_group, leave_group, read_launch\n"
+        "join_group(read_launch(), 'gloo', torch.device('cpu'), 60.0)\n"
+        "import torch.distributed.nn.functional\n"  # as building the model does, after the join
+        "leave_group()\n"
+        "print(sorted(n for t in os.listdir('/proc/self/task') if 'gloo' in (n := open(f'/proc/self/task/{t}/comm').read().strip())))\n"
+    )  # fmt: skip
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(__import__("rank_pool").free_port()),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(os.getcwd()), os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]", proc.stdout  # no gloo thread outlives the group
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 20), st.integers(2, 6), st.integers(0, 15), st.sampled_from([0, 3, 10]), st.data())
 def test_nominal_widths_split_the_single_process_step(window, ngram, guess, copy, data):
