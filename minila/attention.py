@@ -25,8 +25,9 @@ same token, and lookahead *is* greedy in any dtype. The argument:
 2. Scores q.k: one matrix product against every slot, then the step's part gathered
    into position order. Each product element is one q.k dot product; it must not
    depend on how many rows (M) or keys (N) share the call. oneDNN's bfloat16 products
-   (what `torch.matmul` runs in bfloat16 on a CPU) have this property; MKL's float32
-   products do not (tests/test_attention.py checks both facts).
+   (what `torch.matmul` runs in bfloat16 on a CPU) and MKL's float32 matrix-matrix
+   products have this property for the inner length of 64 used here; a one-row
+   product is another kernel (a matrix-vector product), so `_product` never makes one.
 3. Softmax over the row's scores by absolute position, padded with -inf up to a
    multiple of BLOCK (>= 16 lanes). PyTorch's last-dim softmax handles each row alone:
    an exact max, exp by vector code on every element (tails too), a sum whose lane k
@@ -40,9 +41,8 @@ same token, and lookahead *is* greedy in any dtype. The argument:
    definition); blocks past a row's position hold exact zeros.
 
 What it costs: a product against the scores' blocks instead of one fused kernel, and
-a per-row copy of at most BLOCK + depth values. Where a product is not width
-invariant (float32 on MKL), the argument fails at step 2; invariant.py says where
-it holds and makes the rest of the forward invariant too.
+a per-row copy of at most BLOCK + depth values. invariant.py makes the rest of the
+forward invariant too, and says where it holds.
 Scores are rounded to the model's dtype before the softmax, as transformers' eager
 attention does; the fused kernel keeps them in float32.
 """
@@ -57,14 +57,20 @@ import torch.nn.functional as F
 BLOCK = 64  # positions per block of the value product; a multiple of the 16 float lanes of AVX-512
 # PyTorch hands a bfloat16 (batched) product to oneDNN only above this many multiply-adds
 _ONEDNN_MIN = 16 * 16 * 16
+MIN_ROWS = 4  # the fewest rows of an attention product (see _product)
 
 
 def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """torch.matmul(a, b), with zero rows appended to `a` where a matrix would be too
-    small for oneDNN, so that a one-token step takes the same kernel as a wide one.
-    oneDNN's rows are independent of each other, so the padding changes no bit."""
+    """torch.matmul(a, b), never in a shape that takes a special kernel, so that a
+    one-token step takes the same kernel as a wide one: zero rows are appended to `a`
+    up to MIN_ROWS (MKL's float32 kernels for one to three rows sum in other orders) or
+    until oneDNN takes a bfloat16 product (below that PyTorch runs its own loop), and
+    a zero column to a one-column `b` (a matrix-vector product). The kernels compute
+    each row and column alone, so the padding changes no bit of the rest."""
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
-    need = _ONEDNN_MIN // (k * n) + 1
+    if n == 1:
+        return _product(a, F.pad(b, (0, 1)))[..., :1]
+    need = max(MIN_ROWS, _ONEDNN_MIN // (k * n) + 1)
     if m >= need:
         return torch.matmul(a, b)
     return torch.matmul(F.pad(a, (0, 0, 0, need - m)), b)[..., :m, :]

@@ -6,65 +6,93 @@ on where the row's keys sit in the cache, then by induction over positions and l
 a step's row gets bitwise the logits greedy computes for the same token, and
 lookahead equals greedy in any dtype, not only where rounding happens to agree.
 
-Operation by operation (bfloat16 on a CPU with oneDNN; tests/test_attention.py checks
-each fact this relies on):
+Operation by operation (bfloat16 and float32 on a CPU with oneDNN; tests/test_attention.py
+checks each fact this relies on, on the machine that runs it):
 
 | operation | why a row's bits do not depend on the step | what had to change |
 | --- | --- | --- |
 | embedding, RoPE, SwiGLU's product, residual adds | elementwise (a gather; IEEE +, x), rows at the same offsets | nothing |
-| SiLU | elementwise; the vector loop covers whole rows (widths are multiples of 32) | nothing |
+| SiLU | elementwise, but PyTorch's loop takes LANES elements at a time and leftovers with scalar code (a different exp), and it splits a call of more than GRAIN elements between threads wherever the halves fall | `silu_by_rows`: calls of whole rows below GRAIN elements; the FFN's width a multiple of LANES (every Llama's is) |
 | RMSNorm | a reduction over one row of `dim` contiguous values, inside one thread | nothing |
-| matrix products | oneDNN computes each row alone while the inner length is <= 1024 | inner lengths above 1024 (the FFN's down projection, 1536) are split into fixed slices |
-| attention | attention.InvariantAttention: keys by absolute position, fixed blocks | a new kernel (the fused one splits by T) |
+| matrix products | oneDNN's pre-packed kernel computes each row alone, as long as the call keeps its kernel | at most MAX_ROWS rows per call, inner lengths above MAX_INNER in fixed slices (InvariantLinear) |
+| attention | attention.InvariantAttention: keys by absolute position, fixed blocks, >= 2 rows per product | a new kernel (the fused one splits by T) |
 
-The products: above an inner length of 1024, oneDNN blocks the inner dimension once a
-call has more than a few rows (6 for 1536 here), so a wide step rounds its rows
-differently from a one-row call. `SplitInner` computes such a product as a sum of
-products over fixed slices of at most 1024 inner columns, added in order in float32:
-each slice is invariant, and so is their sum.
+The products: oneDNN picks its kernel, and with it the order in which a dot product is
+summed, from the call's shape. Measured: on an AVX512-BF16 CPU (Zen 5) a bfloat16 call
+with more than about 6 rows blocks an inner length above 1024 differently; on an AMX
+CPU (Sapphire Rapids) a bfloat16 call of more than 32 rows runs on AMX tiles, and a
+float32 call of 2 or more rows blocks an inner length above 1024. Inside those limits
+every row's bits were the same at every row count tried. So `InvariantLinear` feeds at
+most MAX_ROWS = 32 rows per call (a wider step: several calls, each reading the weight
+again) and computes a longer inner length as the in-order float32 sum of products over
+fixed slices of at most MAX_INNER = 1024 columns: each call is invariant, so is the sum.
+The limits are facts about kernels, not laws: the tests check them where they run.
 
-Cost (bench/invariant_cost.py --cost, SmolLM2, 2-core Zen 5, one interleaved run): in
-bfloat16 greedy 23.7 tok/s invariant vs 37.8 plain (0.63x); a forward of T tokens after
-200 costs 1.8x (T=1) to 2.2x (T=64) the plain one's. Exactness is minila's promise, so
-"auto" picks it for bfloat16 anyway; `--forward plain` is the fast, near-tie-inexact choice.
-
-float32 on this CPU: the linear products are pre-packed oneDNN ones (model.pack_weights),
-but attention's products go through MKL, whose rounding follows the matrix shapes;
-the invariant kernel is then not invariant (`invariant_ok` says False), and the plain
-path's exactness in float32 rests on rounding being too small to flip an argmax.
+Cost: see README ("What is guaranteed") and bench/invariant_cost.py --cost. Exactness is
+minila's promise, so "auto" takes it for bfloat16, where the plain forward measurably
+leaves greedy's path at near-ties; in float32 the plain forward's rounding has never
+flipped an argmax on any test, and "auto" keeps the faster plain one
+(`--forward invariant` gives the guarantee there too).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from minila.attention import InvariantAttention, PlainAttention
 from minila.errors import MinilaError
 from minila.model import Linear, Transformer
 
-MAX_INNER = 1024  # oneDNN's bfloat16 products are row-invariant up to this inner length
+MAX_INNER = 1024  # oneDNN's products are row-invariant up to this inner length (longer ones: sliced)
+MAX_ROWS = 32  # ... and up to this many rows per call (more: AMX tiles in bfloat16; fed in chunks)
+LANES = 32  # elements per turn of PyTorch's vectorized elementwise loop (two AVX-512 float vectors)
+GRAIN = 32768  # PyTorch splits an elementwise call of more elements than this between threads
 
 
-class SplitInner(nn.Module):
-    """x @ W.T as the in-order sum of products over fixed slices of W's columns."""
+def silu_by_rows(x: torch.Tensor) -> torch.Tensor:
+    """F.silu computed by vector code on every element of every row: each call holds
+    whole rows and stays below GRAIN (one thread; rows of a multiple of LANES leave no
+    scalar leftovers). One call with more elements would be cut between threads at
+    half its length, which for an odd number of rows falls inside a row. (T, hidden)"""
+    rows = max(1, GRAIN // x.shape[-1])
+    if x.shape[0] <= rows:
+        return F.silu(x)
+    return torch.cat([F.silu(x[i : i + rows]) for i in range(0, x.shape[0], rows)])
 
-    def __init__(self, linear: Linear, max_inner: int = MAX_INNER) -> None:
+
+class InvariantLinear(nn.Module):
+    """x @ W.T with every row's bits independent of how many rows share the call: at
+    most MAX_ROWS rows per product, and an inner length above MAX_INNER summed over
+    fixed slices of W's columns, in order, in float32."""
+
+    def __init__(self, linear: Linear, max_inner: int = MAX_INNER, max_rows: int = MAX_ROWS) -> None:
         super().__init__()
-        n_in = linear.in_features
-        weight = linear.packed.to_dense() if linear.weight.is_meta else linear.weight.detach()  # packed: its values
+        n_in, self.max_rows = linear.in_features, max_rows
         pieces = -(-n_in // max_inner)
         bounds = [n_in * i // pieces for i in range(pieces + 1)]
         self.slices = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+        onednn = linear.packed is not None or (linear.weight.device.type == "cpu" and torch.backends.mkldnn.is_available())
+        if pieces == 1:
+            if onednn and linear.packed is None:
+                linear.pack()  # a packed product always runs oneDNN, a plain one only above a size
+            self.parts = nn.ModuleList([linear])  # the product as it is (a tied head stays tied)
+            return
+        weight = linear.packed.to_dense() if linear.weight.is_meta else linear.weight.detach()  # packed: its values
         self.parts = nn.ModuleList()
         for s in self.slices:
             part = Linear(s.stop - s.start, linear.out_features).to(weight.device, weight.dtype).requires_grad_(False)
             part.weight.copy_(weight[:, s])
-            if weight.device.type == "cpu" and torch.backends.mkldnn.is_available():
-                part.pack()  # oneDNN's pre-packed product, as pack_weights gives float32 models
+            if onednn:
+                part.pack()
             self.parts.append(part)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.max_rows:  # (T, in) -> chunks of rows, each alone
+            return torch.cat([self(x[i : i + self.max_rows]) for i in range(0, x.shape[0], self.max_rows)])
+        if len(self.parts) == 1:
+            return self.parts[0](x)
         out = self.parts[0](x[:, self.slices[0]].contiguous()).float()  # (T, out)
         for s, part in zip(self.slices[1:], self.parts[1:]):
             out += part(x[:, s].contiguous())
@@ -72,8 +100,9 @@ class SplitInner(nn.Module):
 
 
 def invariant_ok(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether the invariant forward is width invariant here: bfloat16 on a CPU (oneDNN)."""
-    return device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+    """Whether the invariant forward is width invariant here: bfloat16 or float32 on a
+    CPU whose products oneDNN runs."""
+    return device.type == "cpu" and dtype in (torch.bfloat16, torch.float32) and torch.backends.mkldnn.is_available()
 
 
 def make_width_invariant(model: Transformer) -> Transformer:
@@ -81,22 +110,31 @@ def make_width_invariant(model: Transformer) -> Transformer:
     and every product with an inner length above MAX_INNER split (see the module doc).
     Matrices are pre-packed first where they are not yet: a packed product always runs
     oneDNN, a plain one only above a size threshold."""
+    if model.args.hidden_dim % LANES:
+        raise MinilaError(
+            f"the FFN width {model.args.hidden_dim} is not a multiple of {LANES}, so SiLU would round a row "
+            "differently in a wide step; use the plain forward (--forward plain)"
+        )
     if not any(isinstance(m, Linear) and m.packed is not None for m in model.modules()):
         model.pack_weights()
     model.attention_kernel = InvariantAttention()
+    for layer in model.layers:
+        layer.feed_forward.activation = silu_by_rows
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, Linear) and child.in_features > MAX_INNER:
-                setattr(module, name, SplitInner(child))
+            if isinstance(child, Linear):
+                setattr(module, name, InvariantLinear(child))
     return model
 
 
 def choose_forward(model: Transformer, name: str) -> Transformer:
     """Give `model` the forward called `name`: "plain", "invariant", or "auto" (the
-    invariant one where it is invariant, `invariant_ok`)."""
+    invariant one for half precision where it is invariant, `invariant_ok`; see the
+    module docstring for why float32 keeps the plain one)."""
     if name not in ("auto", "plain", "invariant"):
         raise MinilaError(f"unknown forward {name!r}; use auto, plain or invariant")
-    if name == "invariant" or (name == "auto" and invariant_ok(model.dtype, model.device)):
+    half = model.dtype in (torch.bfloat16, torch.float16) and model.args.hidden_dim % LANES == 0
+    if name == "invariant" or (name == "auto" and half and invariant_ok(model.dtype, model.device)):
         return make_width_invariant(model)
     model.attention_kernel = PlainAttention()
     return model

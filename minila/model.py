@@ -187,9 +187,10 @@ class FeedForward(nn.Module):
         self.w1 = Linear(args.dim, args.hidden_dim)  # gate
         self.w3 = Linear(args.dim, args.hidden_dim)  # up
         self.w2 = Linear(args.hidden_dim, args.dim)  # down
+        self.activation = F.silu  # the width-invariant forward swaps in its own (invariant.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(self.activation(self.w1(x)) * self.w3(x))
 
 
 class Block(nn.Module):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from minila import LookaheadConfig, MinilaError, greedy_generate, lookahead_generate
 from minila.attention import BLOCK, InvariantAttention, PlainAttention
-from minila.invariant import MAX_INNER, SplitInner, choose_forward, invariant_ok, make_width_invariant
+from minila.invariant import MAX_INNER, MAX_ROWS, InvariantLinear, choose_forward, invariant_ok, make_width_invariant
 from minila.layout import candidate_tree, step_layout
 from minila.masks import ancestor_mask, depths
 from minila.model import Linear
@@ -23,21 +23,22 @@ from minila.model import Linear
 pytestmark = pytest.mark.skipif(
     not invariant_ok(torch.bfloat16, torch.device("cpu")), reason="bfloat16 products need oneDNN on an AVX-512 CPU"
 )
+DTYPES = [torch.bfloat16, torch.float32]
 
 
 @st.composite
-def bf16_models(draw, max_seq_len: int = 256):
-    """Tiny bfloat16 models with the invariant forward. Widths of at least 128 keep every
-    matrix product above PyTorch's size threshold for oneDNN (a one-row product below it
-    takes another kernel; attention._product pads the attention's own products); an FFN
-    of 1100 has its down projection split (SplitInner)."""
+def invariant_models(draw, max_seq_len: int = 256):
+    """Tiny bfloat16 or float32 models with the invariant forward. Widths of at least 128
+    keep every matrix product above PyTorch's size threshold for oneDNN (a one-row
+    product below it takes another kernel; attention._product pads the attention's own
+    products); an FFN of 1120 has its down projection sliced (InvariantLinear)."""
     n_heads, n_kv_heads = draw(st.sampled_from([(4, 2), (2, 1), (4, 4), (3, 1), (6, 2)]))
     head_dim = draw(st.sampled_from([32, 64]))
     dim = max(n_heads * head_dim, 128) // n_heads * n_heads
     model = tiny_model(
         draw(st.integers(0, 10_000)), vocab=draw(st.sampled_from([64, 128])), dim=dim, n_heads=n_heads,
-        n_kv_heads=n_kv_heads, n_layers=draw(st.integers(1, 2)), hidden_dim=draw(st.sampled_from([40, 64, 128, 1100])),
-        max_seq_len=max_seq_len, dtype=torch.bfloat16,
+        n_kv_heads=n_kv_heads, n_layers=draw(st.integers(1, 2)), hidden_dim=draw(st.sampled_from([64, 128, 1120])),
+        max_seq_len=max_seq_len, dtype=draw(st.sampled_from(DTYPES)),
     )  # fmt: skip
     with torch.no_grad():  # a peaky head makes text repetitive, so that candidates get accepted
         model.output.weight.mul_(draw(st.sampled_from([1.0, 4.0]), label="peak"))
@@ -50,7 +51,7 @@ def step_parents(draw) -> tuple[int, ...]:
     if draw(st.booleans()):
         cands = draw(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=4), max_size=4))
         return step_layout(draw(st.integers(1, 5)), draw(st.integers(1, 3)), candidate_tree(cands).parents).parents
-    t = draw(st.integers(1, 16))
+    t = draw(st.integers(1, 48))  # past MAX_ROWS: products fed in row chunks
     return (-1, *(draw(st.integers(-1, i - 1)) for i in range(1, t)))
 
 
@@ -91,7 +92,7 @@ def wide_logits(model, prefix: list[int], step: list[int], parents, chunks: int)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(bf16_models(), step_parents(), st.integers(1, 2 * BLOCK + 20), st.integers(1, 3), st.data())
+@given(invariant_models(), step_parents(), st.integers(1, 2 * BLOCK + 20), st.integers(1, 3), st.data())
 def test_every_row_of_a_wide_step_equals_the_one_token_forward_bitwise(model, parents, prefix_len, chunks, data):
     vocab = model.args.vocab_size
     tokens = data.draw(st.lists(st.integers(0, vocab - 1), min_size=prefix_len + len(parents),
@@ -147,8 +148,8 @@ configs = st.builds(
 
 @pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(bf16_models(max_seq_len=160), configs, st.data())
-def test_bfloat16_lookahead_equals_greedy_bitwise(model, config, data):
+@given(invariant_models(max_seq_len=160), configs, st.data())
+def test_lookahead_equals_greedy_bitwise_in_bfloat16_and_float32(model, config, data):
     vocab = model.args.vocab_size
     alphabet = data.draw(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=6, unique=True), label="alphabet")
     prompt = data.draw(st.lists(st.sampled_from(alphabet), min_size=1, max_size=70), label="prompt")
@@ -158,28 +159,53 @@ def test_bfloat16_lookahead_equals_greedy_bitwise(model, config, data):
     assert look.tokens == greedy.tokens
 
 
-@pytest.mark.parametrize("n_in", [1100, 1536, 2500])
-def test_a_split_product_gives_every_row_the_same_bits_whatever_the_row_count(n_in):
+ROWS = 2 * MAX_ROWS + 7  # three row chunks, the last one short
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_in", [200, 1100, 1536, 2500])
+def test_an_invariant_product_gives_every_row_the_same_bits_whatever_the_row_count(dtype, n_in):
     gen = torch.Generator().manual_seed(n_in)
     linear = Linear(n_in, 192).requires_grad_(False)
     linear.weight.copy_(torch.randn(192, n_in, generator=gen) / n_in**0.5)
-    linear = linear.to(torch.bfloat16)
-    split = SplitInner(linear)
-    assert all(s.stop - s.start <= MAX_INNER for s in split.slices)
-    x = torch.randn(40, n_in, generator=gen).to(torch.bfloat16)
-    alone = torch.cat([split(x[i : i + 1]) for i in range(40)])
-    assert torch.equal(split(x), alone)
-    torch.testing.assert_close(split(x).float(), linear(x).float(), rtol=0.02, atol=0.02)
-    if n_in >= 1536:  # why it is split: one product over the whole inner length rounds a wide call's rows differently
-        assert not torch.equal(linear(x), torch.cat([linear(x[i : i + 1]) for i in range(40)]))
+    linear = linear.to(dtype)
+    product = InvariantLinear(linear)
+    assert all(s.stop - s.start <= MAX_INNER for s in product.slices)
+    x = torch.randn(ROWS, n_in, generator=gen).to(dtype)
+    wide = product(x)
+    for rows in (1, 2, 5, MAX_ROWS, MAX_ROWS + 1):
+        assert torch.equal(torch.cat([product(x[i : i + rows]) for i in range(0, ROWS, rows)]), wide), rows
+    torch.testing.assert_close(wide.float(), linear(x).float(), rtol=0.02, atol=0.02)
 
 
-def test_auto_picks_the_invariant_forward_only_where_it_holds():
-    assert invariant_ok(torch.bfloat16, torch.device("cpu")) and not invariant_ok(torch.float32, torch.device("cpu"))
-    bf16 = choose_forward(tiny_model(0, dim=128, hidden_dim=1100, dtype=torch.bfloat16), "auto")
-    assert bf16.attention_kernel.name == "invariant" and isinstance(bf16.layers[0].feed_forward.w2, SplitInner)
-    fp32 = choose_forward(tiny_model(0, dim=128, hidden_dim=1100, dtype=torch.float32), "auto")
+def test_a_plain_product_is_not_row_invariant_which_is_why_they_are_cut():
+    """Why InvariantLinear exists: over the dtypes, a packed product with a long inner
+    length or many rows rounds some rows of a wide call differently from a one-row call
+    (which one depends on the CPU: AVX512-BF16 blocks long inner lengths, AMX takes over
+    bfloat16 calls of more than 32 rows, float32 blocks inner lengths above 1024)."""
+    gen = torch.Generator().manual_seed(0)
+    differ = []
+    for dtype in DTYPES:
+        linear = Linear(1536, 192).requires_grad_(False)
+        linear.weight.copy_(torch.randn(192, 1536, generator=gen) / 1536**0.5)
+        linear = linear.to(dtype)
+        linear.pack()
+        x = torch.randn(ROWS, 1536, generator=gen).to(dtype)
+        differ.append(not torch.equal(linear(x), torch.cat([linear(x[i : i + 1]) for i in range(ROWS)])))
+    assert any(differ)
+
+
+def test_auto_picks_the_invariant_forward_for_bfloat16_only():
+    assert invariant_ok(torch.bfloat16, torch.device("cpu")) and invariant_ok(torch.float32, torch.device("cpu"))
+    assert not invariant_ok(torch.float64, torch.device("cpu"))
+    bf16 = choose_forward(tiny_model(0, dim=128, hidden_dim=1120, dtype=torch.bfloat16), "auto")
+    assert bf16.attention_kernel.name == "invariant" and isinstance(bf16.layers[0].feed_forward.w2, InvariantLinear)
+    fp32 = choose_forward(tiny_model(0, dim=128, hidden_dim=1120, dtype=torch.float32), "auto")
     assert fp32.attention_kernel.name == "plain" and isinstance(fp32.layers[0].feed_forward.w2, Linear)
+    odd = choose_forward(tiny_model(0, dim=128, hidden_dim=40, dtype=torch.bfloat16), "auto")  # SiLU's tail
+    assert odd.attention_kernel.name == "plain"
+    with pytest.raises(MinilaError, match="multiple of 32"):
+        make_width_invariant(tiny_model(0, dim=128, hidden_dim=40, dtype=torch.bfloat16))
     assert choose_forward(tiny_model(0, dtype=torch.float32), "invariant").attention_kernel.name == "invariant"
     with pytest.raises(MinilaError, match="unknown forward 'fast'"):
         choose_forward(tiny_model(0), "fast")
