@@ -153,13 +153,44 @@ class Linear(nn.Linear):
             destination[prefix + "weight"] = self.packed.to_dense()
 
 
+class Fused(nn.Module):
+    """Products that read the same input, computed as one: the matrices stacked by rows
+    into one Linear, `stack` (on a CPU each call has a fixed cost, and one long weight
+    streams faster than three short ones); the result is split back into views.
+    Checkpoints keep the separate matrices under Meta's names: `owned_by` makes the
+    parent's state_dict() list them and its load_state_dict() stack them."""
+
+    def __init__(self, in_features: int, parts: dict[str, int]) -> None:
+        super().__init__()
+        self.parts = parts  # name -> rows, in stacking order
+        self.stack = Linear(in_features, sum(parts.values()))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.stack(x).split(list(self.parts.values()), dim=-1)  # views of one (T, sum) result
+
+    def owned_by(self, parent: nn.Module, attr: str) -> "Fused":
+        stacked, names = f"{attr}.stack.weight", [f"{name}.weight" for name in self.parts]
+
+        def split(module, state, prefix, local_metadata) -> None:  # "attention.qkv.stack.weight" -> "attention.wq.weight", ...
+            if prefix + stacked in state:
+                rows = state.pop(prefix + stacked).split(list(self.parts.values()))
+                state.update({prefix + n: r for n, r in zip(names, rows)})
+
+        def join(module, state, prefix, *args) -> None:
+            if all(prefix + n in state for n in names):
+                state[prefix + stacked] = torch.cat([state.pop(prefix + n) for n in names])
+
+        parent.register_state_dict_post_hook(split)
+        parent.register_load_state_dict_pre_hook(join)
+        return self
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.wq = Linear(args.dim, args.n_heads * args.head_dim)
-        self.wk = Linear(args.dim, args.n_kv_heads * args.head_dim)
-        self.wv = Linear(args.dim, args.n_kv_heads * args.head_dim)
+        kv = args.n_kv_heads * args.head_dim
+        self.qkv = Fused(args.dim, {"wq": args.n_heads * args.head_dim, "wk": kv, "wv": kv}).owned_by(self, "qkv")
         self.wo = Linear(args.n_heads * args.head_dim, args.dim)
 
     def forward(
@@ -172,9 +203,10 @@ class Attention(nn.Module):
         plan: AttentionPlan,
     ) -> torch.Tensor:
         t = x.shape[0]
-        q = self.wq(x).view(t, self.n_heads, self.head_dim).transpose(0, 1)  # (H, T, hd)
-        k = self.wk(x).view(t, self.n_kv_heads, self.head_dim).transpose(0, 1)  # (Hkv, T, hd)
-        v = self.wv(x).view(t, self.n_kv_heads, self.head_dim).transpose(0, 1)  # (Hkv, T, hd)
+        q, k, v = self.qkv(x)  # (T, H*hd), (T, Hkv*hd), (T, Hkv*hd)
+        q = q.view(t, self.n_heads, self.head_dim).transpose(0, 1)  # (H, T, hd)
+        k = k.view(t, self.n_kv_heads, self.head_dim).transpose(0, 1)  # (Hkv, T, hd)
+        v = v.view(t, self.n_kv_heads, self.head_dim).transpose(0, 1)  # (Hkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         keys, values = cache.write(layer, k, v)  # (Hkv, S, hd), S = committed + T
         out = plan.attend(q, keys, values)  # (H, T, hd)
@@ -184,13 +216,13 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
-        self.w1 = Linear(args.dim, args.hidden_dim)  # gate
-        self.w3 = Linear(args.dim, args.hidden_dim)  # up
+        self.gate_up = Fused(args.dim, {"w1": args.hidden_dim, "w3": args.hidden_dim}).owned_by(self, "gate_up")  # gate, up
         self.w2 = Linear(args.hidden_dim, args.dim)  # down
         self.activation = F.silu  # the width-invariant forward swaps in its own (invariant.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(self.activation(self.w1(x)) * self.w3(x))
+        gate, up = self.gate_up(x)  # (T, hidden) each
+        return self.w2(self.activation(gate) * up)
 
 
 class Block(nn.Module):
