@@ -49,7 +49,7 @@ attention does; the fused kernel keeps them in float32.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -113,46 +113,44 @@ class PlainAttention:
 @dataclass(frozen=True)
 class _InvariantPlan(AttentionPlan):
     committed: int  # P: cache slots 0..P-1 hold positions 0..P-1
-    order: torch.Tensor  # (T, D) long: the step rows each row sees, in position order
-    seen: torch.Tensor  # (T, D) bool: which entries of `order` are real (a row sees fewer than D)
-    length: int  # L: P + D rounded up to a multiple of BLOCK (the score row's length)
+    slots: torch.Tensor  # (T, L) long: the cache slot of each position 0..L-1 a row sees (0 where hidden)
+    hidden: torch.Tensor  # (T, L) bool: positions the row does not see (past it, or not its ancestor)
+    _per_group: dict = field(default_factory=dict, compare=False)  # g -> the above for (g, T) rows
+
+    def _group_rows(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if g not in self._per_group:  # once per forward, not per layer
+            self._per_group[g] = (self.slots.repeat(g, 1), self.hidden.repeat(g, 1))
+        return self._per_group[g]
 
     def attend(self, q, keys, values):
         n_heads, t, hd = q.shape
-        n_kv, p, d = keys.shape[0], self.committed, self.order.shape[1]
+        n_kv, p, length = keys.shape[0], self.committed, self.slots.shape[1]
         g = n_heads // n_kv
         shared = p // BLOCK  # blocks every row sees whole from the cache
         start = shared * BLOCK  # first position of the per-row blocks
         qg = q.reshape(n_kv, g * t, hd)  # rows of a kv group: (g, T) flattened
         acc = torch.promote_types(q.dtype, torch.float32)  # softmax and block sums: float32 at least
 
-        # 2. scores against every slot, then the step's part gathered into position order
+        # 2. scores against every slot, then each row's laid out by position 0..L-1
         scores = _product(qg, keys.transpose(1, 2)).to(acc) * hd**-0.5  # (Hkv, gT, P+T)
-        step = scores[..., p:].gather(2, self.order.repeat(g, 1).expand(n_kv, -1, -1))  # (Hkv, gT, D)
-        step = step.masked_fill(~self.seen.repeat(g, 1), float("-inf"))
-        pad = scores.new_full((n_kv, g * t, self.length - p - d), float("-inf"))
+        slots, hidden = self._group_rows(g)  # (gT, L)
+        by_position = scores.gather(2, slots.expand(n_kv, -1, -1)).masked_fill_(hidden, float("-inf"))
         # 3. softmax over positions 0..L-1
-        probs = torch.softmax(torch.cat([scores[..., :p], step, pad], dim=2), dim=2).to(values.dtype)  # (Hkv, gT, L)
+        probs = torch.softmax(by_position, dim=2).to(values.dtype)  # (Hkv, gT, L)
 
         # 4. values in blocks of BLOCK positions: shared blocks once for all rows ...
+        if t == 1:  # one token (greedy): it sees every slot in position order, so every block is shared
+            shared, start, values = length // BLOCK, length, F.pad(values, (0, 0, 0, length - p - 1))  # zeros past it
         v_shared = values[:, :start].view(n_kv, shared, BLOCK, hd)
         p_shared = probs[..., :start].view(n_kv, g * t, shared, BLOCK).transpose(1, 2)  # (Hkv, nS, gT, B)
         part_shared = _product(p_shared, v_shared)  # (Hkv, nS, gT, hd)
-        # ... and the rest per row: the committed tail, the row's ancestors, zeros
-        tail = values[:, start:p].unsqueeze(1).expand(n_kv, t, p - start, hd)
-        mine = values[:, p:][:, self.order] * self.seen[None, :, :, None]  # (Hkv, T, D, hd)
-        zeros = values.new_zeros(n_kv, t, self.length - p - d, hd)
-        v_own = torch.cat([tail, mine, zeros], dim=2).view(n_kv, t, -1, BLOCK, hd)  # (Hkv, T, nO, B, hd)
-        p_own = probs[..., start:].reshape(n_kv, g, t, -1, BLOCK).permute(0, 2, 3, 1, 4)  # (Hkv, T, nO, g, B)
-        part_own = _product(p_own, v_own)  # (Hkv, T, nO, g, hd)
-
-        parts = torch.cat(
-            [
-                part_shared.view(n_kv, shared, g, t, hd).permute(0, 2, 3, 1, 4),
-                part_own.permute(0, 3, 1, 2, 4),
-            ],
-            dim=3,
-        )  # (Hkv, g, T, blocks, hd), block order
+        parts = part_shared.view(n_kv, shared, g, t, hd).permute(0, 2, 3, 1, 4)  # (Hkv, g, T, nS, hd)
+        if start < length:  # ... and the rest per row: the committed tail, the row's ancestors, zeros
+            v_own = values[:, self.slots[:, start:]].masked_fill_(self.hidden[None, :, start:, None], 0)
+            v_own = v_own.view(n_kv, t, -1, BLOCK, hd)  # (Hkv, T, nO, B, hd)
+            p_own = probs[..., start:].reshape(n_kv, g, t, -1, BLOCK).permute(0, 2, 3, 1, 4)  # (Hkv, T, nO, g, B)
+            part_own = _product(p_own, v_own)  # (Hkv, T, nO, g, hd)
+            parts = torch.cat([parts, part_own.permute(0, 3, 1, 2, 4)], dim=3)  # (Hkv, g, T, blocks, hd), block order
         total = parts.to(acc).cumsum(dim=3)[:, :, :, -1]  # sequential sum over blocks: (Hkv, g, T, hd)
         return total.reshape(n_heads, t, hd).to(q.dtype)
 
@@ -168,8 +166,9 @@ class InvariantAttention:
         key = positions[None, :] * t + torch.arange(t, device=mask.device)[None, :]  # (T, T)
         key = key.masked_fill(~mask, torch.iinfo(torch.long).max)
         d = int(mask.sum(dim=1).max())
-        order = key.sort(dim=1).indices[:, :d]  # (T, D)
-        seen = mask.gather(1, order)
-        length = -(-(committed + d) // BLOCK) * BLOCK
-        return _InvariantPlan(committed, order, seen, length)
-
+        order = key.sort(dim=1).indices[:, :d]  # (T, D): the step rows each row sees, in position order
+        length = -(-(committed + d) // BLOCK) * BLOCK  # L: the score row, in whole blocks
+        # position j < P sits in slot j; the row's ancestors in slots P + order; then nothing
+        slots = torch.cat([torch.arange(committed).expand(t, -1), committed + order, order.new_zeros(t, length - committed - d)], 1)
+        hidden = torch.cat([mask.new_zeros(t, committed), ~mask.gather(1, order), mask.new_ones(t, length - committed - d)], 1)
+        return _InvariantPlan(committed, slots.masked_fill(hidden, 0), hidden)

@@ -275,8 +275,10 @@ for label, logits in [("causal mask over the packed rows", wrong_mask), ("row or
 # rows), and at a near-tie the argmax flips: lookahead leaves greedy's path. minila's
 # *width-invariant* forward (`minila/invariant.py`, the default for bfloat16 on a CPU)
 # computes every row in an order fixed by the row's own position: keys laid out by
-# absolute position, values summed in fixed blocks of 64 positions, long products split
-# into fixed slices. Then each row of the step equals greedy's, bit for bit:
+# absolute position, values summed in fixed blocks of 64 positions, products fed at most
+# 32 rows a call (an AMX CPU switches bfloat16 products to other kernels above that) and
+# long ones in fixed slices, SiLU in calls of whole rows. Then each row of the step
+# equals greedy's, bit for bit:
 
 # %%
 from minila.invariant import make_width_invariant  # noqa: E402
@@ -307,7 +309,7 @@ with torch.inference_mode():
 print(f"bfloat16, invariant forward: {same} of {layout.size} rows bitwise equal to greedy's one-token forward")
 
 # %% [markdown]
-# What is guaranteed on which path: float32 and float64 agree to rounding, and lookahead
-# has equalled greedy on every test (an observation); bfloat16 on a CPU with the
-# invariant forward is identical by construction; bfloat16 with `--forward plain` may
-# differ at near-ties.
+# What is guaranteed on which path: with the plain forward, float32 and float64 agree to
+# rounding, and lookahead has equalled greedy on every test (an observation); on a CPU
+# the invariant forward is identical by construction in bfloat16 (its default) and in
+# float32 (`--forward invariant`); bfloat16 with `--forward plain` may differ at near-ties.
