@@ -1,5 +1,5 @@
-"""Greedy tokens/s of minila and transformers in float32 and bfloat16, packed and plain
-weights, in one process, interleaved (the order rotates per prompt and round), so the
+"""Greedy tokens/s of minila and transformers in float32 and bfloat16, packed and unpacked
+weights, plain and width-invariant forward, in one process, interleaved (the order rotates per prompt and round), so the
 ratios hold even when the machine's speed drifts. 3 MT-bench prompts x 3 rounds, 64 new
 tokens each, prefill included. Usage, from the repository root:
     OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python bench/greedy_dtypes.py"""
@@ -15,8 +15,8 @@ from minila.checkpoint import load_checkpoint
 torch.set_num_threads(2)
 CKPT, NEW = "weights/smollm2-135m-instruct", 64
 minila_models = {
-    f"minila {dt} {'packed' if pack else 'plain'}": load_checkpoint(CKPT, device="cpu", dtype=dt, pack=pack)[0]
-    for dt in ("float32", "bfloat16") for pack in (True, False)
+    f"minila {dt} {'packed' if pack else 'unpacked'} {fw}": load_checkpoint(CKPT, device="cpu", dtype=dt, pack=pack, forward=fw)[0]
+    for dt in ("float32", "bfloat16") for pack in (True, False) for fw in ("plain", "invariant") if pack or fw == "plain"
 }  # fmt: skip
 tok = load_checkpoint(CKPT, device="cpu", pack=False)[1]
 hf_models = {f"hf {dt}": LlamaForCausalLM.from_pretrained(CKPT, dtype=getattr(torch, dt)).eval()
@@ -50,4 +50,4 @@ for r in range(3):
             seconds[name] += time.perf_counter() - start
 runs = 3 * len(prompts)
 for name, s in seconds.items():
-    print(f"{name:24} {NEW * runs / s:6.1f} tok/s ({runs} runs x {NEW} tokens)")
+    print(f"{name:34} {NEW * runs / s:6.1f} tok/s ({runs} runs x {NEW} tokens)")
