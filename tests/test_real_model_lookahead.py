@@ -1,6 +1,6 @@
 """The promise on the real model: SmolLM2-135M-Instruct, MT-bench prompts, lookahead
 output identical to greedy output, token for token, with fewer forward passes: in float32,
-and in bfloat16 with the width-invariant attention kernel."""
+and with the width-invariant forward in bfloat16 and float32."""
 
 from __future__ import annotations
 
@@ -90,12 +90,15 @@ def test_two_gloo_ranks_on_mtbench(model_on_device, mtbench, reference, rank_poo
 
 # bfloat16 with the width-invariant forward (what load_checkpoint picks for bfloat16 on a
 # CPU): every row of a step is computed as greedy computes it, so the outputs are identical.
-def test_bfloat16_lookahead_equals_greedy_with_the_invariant_forward(smollm2_dir):
-    model, tokenizer = load_checkpoint(smollm2_dir, device="cpu", dtype="bfloat16")
+# float32 takes it only when asked; its widest steps (W=15) feed its products in row chunks.
+@pytest.mark.parametrize("dtype, forward, prompts, config", [("bfloat16", "auto", 2, CONFIGS[1]),
+                                                             ("float32", "invariant", 1, CONFIGS[0])])  # fmt: skip
+def test_lookahead_equals_greedy_with_the_invariant_forward(smollm2_dir, dtype, forward, prompts, config):
+    model, tokenizer = load_checkpoint(smollm2_dir, device="cpu", dtype=dtype, forward=forward)
     assert model.attention_kernel.name == "invariant"
-    for prompt in load_prompts("mtbench", tokenizer, limit=2):
+    for prompt in load_prompts("mtbench", tokenizer, limit=prompts):
         greedy = greedy_generate(model, prompt.ids, MAX_NEW, tokenizer.eos_ids)
-        look = lookahead_generate(model, prompt.ids, MAX_NEW, CONFIGS[1], tokenizer.eos_ids)
+        look = lookahead_generate(model, prompt.ids, MAX_NEW, config, tokenizer.eos_ids)
         assert look.tokens == greedy.tokens, prompt.name
 
 
