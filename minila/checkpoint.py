@@ -12,6 +12,7 @@ tensors are assigned to it, so loading costs about one read of the weight files.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import re
 from pathlib import Path
@@ -344,7 +345,20 @@ def load_checkpoint(
     if pack:
         _copy_out_of_the_files(model)
         model.pack_weights()
-    return choose_forward(model, forward), tokenizer
+    model = choose_forward(model, forward)
+    _return_freed_memory()
+    return model, tokenizer
+
+
+def _return_freed_memory() -> None:
+    """Loading frees as much as it keeps (file bytes converted to the dtype, matrices
+    stacked, then packed), and glibc's allocator holds freed memory for reuse instead
+    of giving it back: a bfloat16 SmolLM2 stayed at 2.3x its weights' size resident,
+    1.7x after this. Elsewhere (no glibc) it does nothing."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):
+        pass
 
 
 def _copy_out_of_the_files(model: Transformer) -> None:

@@ -74,18 +74,18 @@ class RMSNorm(nn.Module):
 def rope_tables(
     head_dim: int, max_len: int, theta: float, scaling: RopeScaling | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin for every position, (max_len, head_dim), in the rotate-half layout."""
+    """cos and sin for every position, (max_len, head_dim), in the rotate-half layout,
+    with rotate-half's sign folded into sin: its first half is negated (see apply_rope)."""
     inv_freq = inv_frequencies(head_dim, theta, scaling)  # (hd/2,)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (L, hd/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (L, hd)
-    return angles.cos(), angles.sin()
+    return torch.cat([angles, angles], dim=-1).cos(), torch.cat([-angles.sin(), angles.sin()], dim=-1)  # (L, hd)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (heads, T, hd); cos/sin: (T, hd). Rotates pairs (i, i + hd/2)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    """x: (heads, T, hd); cos/sin: (T, hd) from rope_tables. Rotates pairs (i, i + hd/2):
+    x * cos + (-x2, x1) * sin, with (-x2, x1) * (s, s) computed as (x2, x1) * (-s, s),
+    the same numbers in one roll instead of two slices, a negation and a cat."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 # oneDNN keeps a pre-packed copy of a matrix in these dtypes where the CPU has the
