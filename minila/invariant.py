@@ -15,17 +15,21 @@ checks each fact this relies on, on the machine that runs it):
 | SiLU | elementwise, but PyTorch's loop takes LANES elements at a time and leftovers with scalar code (a different exp), and it splits a call of more than GRAIN elements between threads wherever the halves fall | `silu_by_rows`: calls of whole rows below GRAIN elements; the FFN's width a multiple of LANES (every Llama's is) |
 | RMSNorm | a reduction over one row of `dim` contiguous values, inside one thread | nothing |
 | matrix products | oneDNN's pre-packed kernel computes each row alone, as long as the call keeps its kernel | at most MAX_ROWS rows per call, inner lengths above MAX_INNER in fixed slices (InvariantLinear) |
-| attention | attention.InvariantAttention: keys by absolute position, fixed blocks, >= 2 rows per product | a new kernel (the fused one splits by T) |
+| attention | attention.InvariantAttention: keys by absolute position, fixed blocks, products of >= 4 rows and >= 2 columns | a new kernel (the fused one splits by T) |
 
 The products: oneDNN picks its kernel, and with it the order in which a dot product is
 summed, from the call's shape. Measured: on an AVX512-BF16 CPU (Zen 5) a bfloat16 call
 with more than about 6 rows blocks an inner length above 1024 differently; on an AMX
 CPU (Sapphire Rapids) a bfloat16 call of more than 32 rows runs on AMX tiles, and a
 float32 call of 2 or more rows blocks an inner length above 1024. Inside those limits
-every row's bits were the same at every row count tried. So `InvariantLinear` feeds at
+every row's bits were the same at every row count tried, for inner lengths that are
+multiples of WIDTH = 64 (AMX rounds some short odd ones, 16 to 120, differently even for
+a few rows; every Llama's widths are multiples of 64, and the forward refuses a model
+whose are not). So `InvariantLinear` feeds at
 most MAX_ROWS = 32 rows per call (a wider step: several calls, each reading the weight
 again) and computes a longer inner length as the in-order float32 sum of products over
-fixed slices of at most MAX_INNER = 1024 columns: each call is invariant, so is the sum.
+fixed slices of MAX_INNER = 1024 columns (the last one shorter): each call is invariant,
+so is the sum.
 The limits are facts about kernels, not laws: the tests check them where they run.
 
 Cost: see README ("What is guaranteed") and bench/invariant_cost.py --cost. Exactness is
@@ -48,6 +52,7 @@ from minila.model import Linear, Transformer
 MAX_INNER = 1024  # oneDNN's products are row-invariant up to this inner length (longer ones: sliced)
 MAX_ROWS = 32  # ... and up to this many rows per call (more: AMX tiles in bfloat16; fed in chunks)
 LANES = 32  # elements per turn of PyTorch's vectorized elementwise loop (two AVX-512 float vectors)
+WIDTH = 64  # the model's widths must be multiples of this (every Llama's are; see the module docstring)
 GRAIN = 32768  # PyTorch splits an elementwise call of more elements than this between threads
 
 
@@ -70,9 +75,8 @@ class InvariantLinear(nn.Module):
     def __init__(self, linear: Linear, max_inner: int = MAX_INNER, max_rows: int = MAX_ROWS) -> None:
         super().__init__()
         n_in, self.max_rows = linear.in_features, max_rows
-        pieces = -(-n_in // max_inner)
-        bounds = [n_in * i // pieces for i in range(pieces + 1)]
-        self.slices = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+        self.slices = [slice(a, min(a + max_inner, n_in)) for a in range(0, n_in, max_inner)]  # widths: multiples of WIDTH
+        pieces = len(self.slices)
         onednn = linear.packed is not None or (linear.weight.device.type == "cpu" and torch.backends.mkldnn.is_available())
         if pieces == 1:
             if onednn and linear.packed is None:
@@ -105,15 +109,19 @@ def invariant_ok(dtype: torch.dtype, device: torch.device) -> bool:
     return device.type == "cpu" and dtype in (torch.bfloat16, torch.float32) and torch.backends.mkldnn.is_available()
 
 
+def widths_ok(model: Transformer) -> bool:
+    return model.args.dim % WIDTH == 0 and model.args.hidden_dim % WIDTH == 0
+
+
 def make_width_invariant(model: Transformer) -> Transformer:
     """Switch `model` to the invariant forward, in place: the invariant attention kernel,
-    and every product with an inner length above MAX_INNER split (see the module doc).
+    every product an InvariantLinear, SiLU by rows (see the module docstring).
     Matrices are pre-packed first where they are not yet: a packed product always runs
     oneDNN, a plain one only above a size threshold."""
-    if model.args.hidden_dim % LANES:
+    if not widths_ok(model):
         raise MinilaError(
-            f"the FFN width {model.args.hidden_dim} is not a multiple of {LANES}, so SiLU would round a row "
-            "differently in a wide step; use the plain forward (--forward plain)"
+            f"the model's width {model.args.dim} or FFN width {model.args.hidden_dim} is not a multiple of {WIDTH}, "
+            "so its products and SiLU may round a row differently in a wide step; use the plain forward (--forward plain)"
         )
     if not any(isinstance(m, Linear) and m.packed is not None for m in model.modules()):
         model.pack_weights()
@@ -133,8 +141,8 @@ def choose_forward(model: Transformer, name: str) -> Transformer:
     module docstring for why float32 keeps the plain one)."""
     if name not in ("auto", "plain", "invariant"):
         raise MinilaError(f"unknown forward {name!r}; use auto, plain or invariant")
-    half = model.dtype in (torch.bfloat16, torch.float16) and model.args.hidden_dim % LANES == 0
-    if name == "invariant" or (name == "auto" and half and invariant_ok(model.dtype, model.device)):
+    auto = model.dtype in (torch.bfloat16, torch.float16) and widths_ok(model) and invariant_ok(model.dtype, model.device)
+    if name == "invariant" or (name == "auto" and auto):
         return make_width_invariant(model)
     model.attention_kernel = PlainAttention()
     return model

@@ -7,6 +7,8 @@ bitwise in bfloat16. Oracles: the one-token-at-a-time forward, and the plain ker
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from helpers import tiny_model
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 
 from minila import LookaheadConfig, MinilaError, greedy_generate, lookahead_generate
 from minila.attention import BLOCK, InvariantAttention, PlainAttention
-from minila.invariant import MAX_INNER, MAX_ROWS, InvariantLinear, choose_forward, invariant_ok, make_width_invariant
+from minila.invariant import MAX_INNER, MAX_ROWS, WIDTH, InvariantLinear, choose_forward, invariant_ok, make_width_invariant
 from minila.layout import candidate_tree, step_layout
 from minila.masks import ancestor_mask, depths
 from minila.model import Linear
@@ -31,13 +33,14 @@ def invariant_models(draw, max_seq_len: int = 256):
     """Tiny bfloat16 or float32 models with the invariant forward. Widths of at least 128
     keep every matrix product above PyTorch's size threshold for oneDNN (a one-row
     product below it takes another kernel; attention._product pads the attention's own
-    products); an FFN of 1120 has its down projection sliced (InvariantLinear)."""
+    products); an FFN of 1152 has its down projection sliced (InvariantLinear)."""
     n_heads, n_kv_heads = draw(st.sampled_from([(4, 2), (2, 1), (4, 4), (3, 1), (6, 2)]))
     head_dim = draw(st.sampled_from([32, 64]))
-    dim = max(n_heads * head_dim, 128) // n_heads * n_heads
+    step = math.lcm(WIDTH, n_heads)  # every width a multiple of 64, as in every Llama (invariant.WIDTH)
+    dim = -(-max(n_heads * head_dim, 128) // step) * step
     model = tiny_model(
         draw(st.integers(0, 10_000)), vocab=draw(st.sampled_from([64, 128])), dim=dim, n_heads=n_heads,
-        n_kv_heads=n_kv_heads, n_layers=draw(st.integers(1, 2)), hidden_dim=draw(st.sampled_from([64, 128, 1120])),
+        n_kv_heads=n_kv_heads, n_layers=draw(st.integers(1, 2)), hidden_dim=draw(st.sampled_from([64, 128, 1152])),
         max_seq_len=max_seq_len, dtype=draw(st.sampled_from(DTYPES)),
     )  # fmt: skip
     with torch.no_grad():  # a peaky head makes text repetitive, so that candidates get accepted
@@ -163,7 +166,7 @@ ROWS = 2 * MAX_ROWS + 7  # three row chunks, the last one short
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n_in", [200, 1100, 1536, 2500])
+@pytest.mark.parametrize("n_in", [192, 1088, 1536, 2560])
 def test_an_invariant_product_gives_every_row_the_same_bits_whatever_the_row_count(dtype, n_in):
     gen = torch.Generator().manual_seed(n_in)
     linear = Linear(n_in, 192).requires_grad_(False)
@@ -198,14 +201,14 @@ def test_a_plain_product_is_not_row_invariant_which_is_why_they_are_cut():
 def test_auto_picks_the_invariant_forward_for_bfloat16_only():
     assert invariant_ok(torch.bfloat16, torch.device("cpu")) and invariant_ok(torch.float32, torch.device("cpu"))
     assert not invariant_ok(torch.float64, torch.device("cpu"))
-    bf16 = choose_forward(tiny_model(0, dim=128, hidden_dim=1120, dtype=torch.bfloat16), "auto")
+    bf16 = choose_forward(tiny_model(0, dim=128, hidden_dim=1152, dtype=torch.bfloat16), "auto")
     assert bf16.attention_kernel.name == "invariant" and isinstance(bf16.layers[0].feed_forward.w2, InvariantLinear)
-    fp32 = choose_forward(tiny_model(0, dim=128, hidden_dim=1120, dtype=torch.float32), "auto")
+    fp32 = choose_forward(tiny_model(0, dim=128, hidden_dim=1152, dtype=torch.float32), "auto")
     assert fp32.attention_kernel.name == "plain" and isinstance(fp32.layers[0].feed_forward.w2, Linear)
     odd = choose_forward(tiny_model(0, dim=128, hidden_dim=40, dtype=torch.bfloat16), "auto")  # SiLU's tail
     assert odd.attention_kernel.name == "plain"
-    with pytest.raises(MinilaError, match="multiple of 32"):
+    with pytest.raises(MinilaError, match="multiple of 64"):
         make_width_invariant(tiny_model(0, dim=128, hidden_dim=40, dtype=torch.bfloat16))
-    assert choose_forward(tiny_model(0, dtype=torch.float32), "invariant").attention_kernel.name == "invariant"
+    assert choose_forward(tiny_model(0, dim=64, dtype=torch.float32), "invariant").attention_kernel.name == "invariant"
     with pytest.raises(MinilaError, match="unknown forward 'fast'"):
         choose_forward(tiny_model(0), "fast")
