@@ -22,12 +22,13 @@ same token, and lookahead *is* greedy in any dtype. The argument:
    per position, by the mask rule). Greedy sees the same keys, all in the cache. The
    plan lists each row's visible step rows *in position order*, so both cases put the
    key of position j at index j: the row's keys are laid out by absolute position.
-2. Scores q.k: one matrix product against every slot, then the step's part gathered
-   into position order. Each product element is one q.k dot product; it must not
-   depend on how many rows (M) or keys (N) share the call. oneDNN's bfloat16 products
-   (what `torch.matmul` runs in bfloat16 on a CPU) and MKL's float32 matrix-matrix
-   products have this property for the inner length of 64 used here; a one-row
-   product is another kernel (a matrix-vector product), so `_product` never makes one.
+2. Scores q.k: one matrix product against every slot, then laid out by position with
+   the plan's slot index (a gather). Each product element is one q.k dot product; it
+   must not depend on how many rows (M) or keys (N) share the call. oneDNN's bfloat16
+   products (what `torch.matmul` runs in bfloat16 on a CPU) and MKL's float32 ones
+   have this property for the short inner lengths used here (head_dim, BLOCK), as
+   long as a call has at least 4 rows and 2 columns (smaller ones take other kernels),
+   so `_product` never makes a smaller one.
 3. Softmax over the row's scores by absolute position, padded with -inf up to a
    multiple of BLOCK (>= 16 lanes). PyTorch's last-dim softmax handles each row alone:
    an exact max, exp by vector code on every element (tails too), a sum whose lane k
@@ -36,7 +37,9 @@ same token, and lookahead *is* greedy in any dtype. The argument:
 4. Probabilities times values, in blocks of BLOCK absolute positions: one product per
    block with a fixed inner length (BLOCK). Blocks that are wholly committed are
    shared by every row (one product over all rows); the rest are gathered per row
-   (committed tail, then the ancestors by position, zeros past p). The per-block
+   (committed tail, then the ancestors by position, zeros past p); a one-token step
+   (greedy) has its keys in slot order already, so all its blocks count as shared
+   (the same products, one call fewer). The per-block
    partial sums are added in block order by a cumulative sum (sequential by
    definition); blocks past a row's position hold exact zeros.
 
