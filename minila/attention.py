@@ -52,7 +52,7 @@ attention does; the fused kernel keeps them in float32.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -118,12 +118,6 @@ class _InvariantPlan(AttentionPlan):
     committed: int  # P: cache slots 0..P-1 hold positions 0..P-1
     slots: torch.Tensor  # (T, L) long: the cache slot of each position 0..L-1 a row sees (0 where hidden)
     hidden: torch.Tensor  # (T, L) bool: positions the row does not see (past it, or not its ancestor)
-    _per_group: dict = field(default_factory=dict, compare=False)  # g -> the above for (g, T) rows
-
-    def _group_rows(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if g not in self._per_group:  # once per forward, not per layer
-            self._per_group[g] = (self.slots.repeat(g, 1), self.hidden.repeat(g, 1))
-        return self._per_group[g]
 
     def attend(self, q, keys, values):
         n_heads, t, hd = q.shape
@@ -136,10 +130,10 @@ class _InvariantPlan(AttentionPlan):
 
         # 2. scores against every slot, then each row's laid out by position 0..L-1
         scores = _product(qg, keys.transpose(1, 2)).to(acc) * hd**-0.5  # (Hkv, gT, P+T)
-        slots, hidden = self._group_rows(g)  # (gT, L)
-        by_position = scores.gather(2, slots.expand(n_kv, -1, -1)).masked_fill_(hidden, float("-inf"))
+        scores = scores.view(n_kv, g, t, -1)  # (Hkv, g, T, P+T): every head of a group reads the same slots
+        by_position = scores.gather(3, self.slots.expand(n_kv, g, -1, -1)).masked_fill_(self.hidden, float("-inf"))
         # 3. softmax over positions 0..L-1
-        probs = torch.softmax(by_position, dim=2).to(values.dtype)  # (Hkv, gT, L)
+        probs = torch.softmax(by_position, dim=3).to(values.dtype).view(n_kv, g * t, length)  # (Hkv, gT, L)
 
         # 4. values in blocks of BLOCK positions: shared blocks once for all rows ...
         if t == 1:  # one token (greedy): it sees every slot in position order, so every block is shared

@@ -12,7 +12,7 @@ checks each fact this relies on, on the machine that runs it):
 | operation | why a row's bits do not depend on the step | what had to change |
 | --- | --- | --- |
 | embedding, RoPE, SwiGLU's product, residual adds | elementwise (a gather; IEEE +, x), rows at the same offsets | nothing |
-| SiLU | elementwise, but PyTorch's loop takes LANES elements at a time and leftovers with scalar code (a different exp), and it splits a call of more than GRAIN elements between threads wherever the halves fall | `silu_by_rows`: calls of whole rows below GRAIN elements; the FFN's width a multiple of LANES (every Llama's is) |
+| SiLU | elementwise, but PyTorch's loop takes 32 elements at a time and leftovers with scalar code (a different exp), and it splits a call of more than GRAIN elements between threads wherever the halves fall | `silu_by_rows`: calls of whole rows below GRAIN elements; the FFN's width a multiple of WIDTH (every Llama's is) |
 | RMSNorm | a reduction over one row of `dim` contiguous values, inside one thread | nothing |
 | matrix products | oneDNN's pre-packed kernel computes each row alone, as long as the call keeps its kernel | at most MAX_ROWS rows per call, inner lengths above MAX_INNER in fixed slices (InvariantLinear) |
 | attention | attention.InvariantAttention: keys by absolute position, fixed blocks, products of >= 4 rows and >= 2 columns | a new kernel (the fused one splits by T) |
@@ -51,20 +51,23 @@ from minila.model import Linear, Transformer
 
 MAX_INNER = 1024  # oneDNN's products are row-invariant up to this inner length (longer ones: sliced)
 MAX_ROWS = 32  # ... and up to this many rows per call (more: AMX tiles in bfloat16; fed in chunks)
-LANES = 32  # elements per turn of PyTorch's vectorized elementwise loop (two AVX-512 float vectors)
 WIDTH = 64  # the model's widths must be multiples of this (every Llama's are; see the module docstring)
 GRAIN = 32768  # PyTorch splits an elementwise call of more elements than this between threads
 
 
+def in_row_chunks(fn, x: torch.Tensor, rows: int) -> torch.Tensor:
+    """fn over x's rows, at most `rows` of them per call, the results stacked again."""
+    if x.shape[0] <= rows:
+        return fn(x)
+    return torch.cat([fn(x[i : i + rows]) for i in range(0, x.shape[0], rows)])
+
+
 def silu_by_rows(x: torch.Tensor) -> torch.Tensor:
     """F.silu computed by vector code on every element of every row: each call holds
-    whole rows and stays below GRAIN (one thread; rows of a multiple of LANES leave no
+    whole rows and stays below GRAIN (one thread; rows of a multiple of WIDTH leave no
     scalar leftovers). One call with more elements would be cut between threads at
     half its length, which for an odd number of rows falls inside a row. (T, hidden)"""
-    rows = max(1, GRAIN // x.shape[-1])
-    if x.shape[0] <= rows:
-        return F.silu(x)
-    return torch.cat([F.silu(x[i : i + rows]) for i in range(0, x.shape[0], rows)])
+    return in_row_chunks(F.silu, x, max(1, GRAIN // x.shape[-1]))
 
 
 class InvariantLinear(nn.Module):
@@ -93,8 +96,9 @@ class InvariantLinear(nn.Module):
             self.parts.append(part)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] > self.max_rows:  # (T, in) -> chunks of rows, each alone
-            return torch.cat([self(x[i : i + self.max_rows]) for i in range(0, x.shape[0], self.max_rows)])
+        return in_row_chunks(self._product, x, self.max_rows)  # (T, in) -> (T, out)
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.parts) == 1:
             return self.parts[0](x)
         out = self.parts[0](x[:, self.slices[0]].contiguous()).float()  # (T, out)
