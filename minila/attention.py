@@ -89,7 +89,7 @@ class AttentionPlan:
 
 @dataclass(frozen=True)
 class _PlainPlan(AttentionPlan):
-    mask: torch.Tensor  # (T, committed + T) bool
+    mask: torch.Tensor  # (T, committed + T) float: 0 where the row sees the key, -inf where not
 
     def attend(self, q, keys, values):
         # scores and softmax in float32 at least, as the reference Llama does; on a CPU this is
@@ -97,7 +97,7 @@ class _PlainPlan(AttentionPlan):
         wide = torch.promote_types(q.dtype, torch.float32)
         # grouped-query attention: each group of H / Hkv query heads shares one kv head
         out = F.scaled_dot_product_attention(
-            q.unsqueeze(0).to(wide), keys.unsqueeze(0).to(wide), values.unsqueeze(0).to(wide), attn_mask=self.mask,
+            q.unsqueeze(0).to(wide), keys.unsqueeze(0).to(wide), values.unsqueeze(0).to(wide), attn_mask=self.mask.to(wide),
             enable_gqa=True,
         )  # (1, H, T, hd)
         return out[0].to(q.dtype)
@@ -109,8 +109,10 @@ class PlainAttention:
     name = "plain"
 
     def plan(self, mask: torch.Tensor, positions: torch.Tensor, committed: int) -> AttentionPlan:
-        # every new row sees the whole committed cache: (T, committed + T)
-        return _PlainPlan(torch.cat([mask.new_ones(mask.shape[0], committed), mask], dim=1))
+        # every new row sees the whole committed cache: (T, committed + T); as the additive
+        # mask the kernel would otherwise build from a boolean one in every layer
+        sees = torch.cat([mask.new_ones(mask.shape[0], committed), mask], dim=1)
+        return _PlainPlan(torch.zeros(sees.shape, device=mask.device).masked_fill_(~sees, float("-inf")))
 
 
 @dataclass(frozen=True)

@@ -65,10 +65,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # normalise in float32 at least, as the reference Llama does, then cast back
-        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        """x * rsqrt(mean(x^2) + eps) * weight, in one fused call (the same bits as the
+        four ops written out). Half precision normalises in float32, casts back and only
+        then scales, as the reference Llama does (the fused weight would scale in float32)."""
+        if x.dtype in (torch.float16, torch.bfloat16):
+            return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def rope_tables(
@@ -203,11 +205,9 @@ class Attention(nn.Module):
         plan: AttentionPlan,
     ) -> torch.Tensor:
         t = x.shape[0]
-        q, k, v = self.qkv(x)  # (T, H*hd), (T, Hkv*hd), (T, Hkv*hd)
-        q = q.view(t, self.n_heads, self.head_dim).transpose(0, 1)  # (H, T, hd)
-        k = k.view(t, self.n_kv_heads, self.head_dim).transpose(0, 1)  # (Hkv, T, hd)
-        v = v.view(t, self.n_kv_heads, self.head_dim).transpose(0, 1)  # (Hkv, T, hd)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv.stack(x).view(t, -1, self.head_dim).transpose(0, 1)  # (H + 2 Hkv, T, hd): q's heads, k's, v's
+        qk = apply_rope(qkv[: self.n_heads + self.n_kv_heads], cos, sin)  # q and k side by side: rotated in one go
+        q, k, v = qk[: self.n_heads], qk[self.n_heads :], qkv[self.n_heads + self.n_kv_heads :]  # (H|Hkv, T, hd)
         keys, values = cache.write(layer, k, v)  # (Hkv, S, hd), S = committed + T
         out = plan.attend(q, keys, values)  # (H, T, hd)
         return self.wo(out.transpose(0, 1).reshape(t, -1))  # (T, dim)
