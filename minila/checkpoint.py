@@ -344,7 +344,8 @@ def load_checkpoint(
     model = build_model(args, load_state_dict(folder, dt, dev), dev)
     if pack:
         _copy_out_of_the_files(model)
-        model.pack_weights()
+        if model.pack_weights():  # every matrix packed: the embedding's table is only looked up now
+            model.tok_embeddings.weight = torch.nn.Parameter(_table_in_the_files(folder), requires_grad=False)
     model = choose_forward(model, forward)
     _return_freed_memory()
     return model, tokenizer
@@ -359,6 +360,28 @@ def _return_freed_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (AttributeError, OSError):
         pass
+
+
+def _table_in_the_files(folder: Path) -> torch.Tensor:
+    """The embedding's table where it lies: in the weight file, mapped, in the file's
+    dtype (the model casts the rows it looks up, the same values as casting the table).
+
+    A step looks up a few rows, so only the pages of those rows are ever read in: the
+    table costs almost no memory, and a tied head's packed copy is then the only one
+    held. The mapping is private (writes to it stay in this process), and fresh: the
+    pages that loading read went with the first one. The file must stay in place while
+    the model runs, as with any memory-mapped model."""
+    name = "model.embed_tokens.weight"
+    for path in weight_files(folder):
+        if path.suffix == ".safetensors":  # safe_open maps the one tensor (load_file touches a page of each)
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                if name in f.keys():
+                    return f.get_tensor(name)
+        elif name in (tensors := _read_tensors(path)):  # torch.load(mmap=True)
+            return tensors[name]
+    raise AssertionError(f"{folder}: the embedding loaded a moment ago is gone from the files")
 
 
 def _copy_out_of_the_files(model: Transformer) -> None:

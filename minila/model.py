@@ -116,9 +116,7 @@ class Linear(nn.Linear):
     The packed copy replaces the plain one: `weight` stays a parameter of the right
     shape and dtype, but on the meta device (no memory, no values), so a packed model
     holds its weights once. `unpack()` brings the values back (bitwise); `state_dict()`
-    unpacks on the fly. `pack(keep_plain=True)` keeps the plain weight too, for a
-    matrix that something else reads (a tied embedding). A weight assigned after
-    packing (or, kept plain, changed in place) is noticed and used directly.
+    unpacks on the fly. A weight assigned after packing is noticed and used directly.
     """
 
     def __init__(self, in_features: int, out_features: int) -> None:
@@ -131,11 +129,10 @@ class Linear(nn.Linear):
         weight = self._parameters["weight"]
         return weight.data_ptr(), weight._version
 
-    def pack(self, keep_plain: bool = False) -> None:
+    def pack(self) -> None:
         weight = self.weight.detach()
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
-        if not keep_plain:
-            self.weight = nn.Parameter(weight.to("meta"), requires_grad=False)  # shape and dtype only
+        self.weight = nn.Parameter(weight.to("meta"), requires_grad=False)  # shape and dtype only
         self._packed_from = self._weight_key()
 
     def unpack(self) -> None:
@@ -255,24 +252,25 @@ class Transformer(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.tok_embeddings.weight.device
+        return self.norm.weight.device
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.tok_embeddings.weight.dtype
+    def dtype(self) -> torch.dtype:  # not the embedding's: its table may stay in the checkpoint's dtype
+        return self.norm.weight.dtype
 
     def pack_weights(self) -> bool:
         """Pre-pack every matrix for oneDNN (see Linear) where it pays: on a CPU, in
         float32 and in the half-precision dtypes this CPU has instructions for. Each
-        matrix is then held once, except a head tied to the embedding: the embedding
-        looks rows up in the plain copy, the head multiplies with the packed one (one
-        extra copy of the vocab x dim matrix; packing the head halves its cost).
+        matrix is then held once. A head tied to the embedding is packed too (that
+        halves its cost) and so no longer shares the embedding's table, which only
+        looks rows up from then on: load_checkpoint leaves that table in the
+        checkpoint's file, so a loaded model still holds the matrix once.
         Returns whether it packed. Call it once the weights are final."""
         if self.device.type != "cpu" or self.dtype not in packable_dtypes():
             return False
         for module in self.modules():
             if isinstance(module, Linear):
-                module.pack(keep_plain=module is self.output and self.args.tie_embeddings)
+                module.pack()
         return True
 
     def new_cache(self, capacity: int | None = None) -> KVCache:
@@ -303,7 +301,7 @@ class Transformer(nn.Module):
         plan = self.attention_kernel.plan(mask, positions, cache.length)  # every row also sees the cache
         cos = self.rope_cos[positions].to(self.dtype)  # (T, hd)
         sin = self.rope_sin[positions].to(self.dtype)
-        x = self.tok_embeddings(tokens)  # (T, dim)
+        x = self.tok_embeddings(tokens).to(self.dtype)  # (T, dim); rows of a table kept in another dtype: cast
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, cache, i, plan)
         if logits_for is not None:

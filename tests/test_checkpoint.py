@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from minila import checkpoint
 from minila.checkpoint import args_from_hf_config, load_checkpoint, resolve_device, resolve_dtype
 from minila.errors import MinilaError
+from minila.model import packable_dtypes
 
 SMOLLM_CONFIG = {
     "architectures": ["LlamaForCausalLM"],
@@ -119,7 +121,8 @@ def test_tiny_llama_logits_equal_transformers(make_tiny_llama, tie):
     folder, hf = make_tiny_llama(tie=tie)
     model, tok = load_checkpoint(folder, device="cpu", dtype="float32")
     assert model.args.tie_embeddings is tie
-    assert (model.output.weight is model.tok_embeddings.weight) is tie
+    weights = model.state_dict()  # a tied head is packed apart from the table it shares its values with
+    assert torch.equal(weights["output.weight"], weights["tok_embeddings.weight"]) is tie
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     torch.testing.assert_close(minila_logits(model, IDS), hf_logits(hf, IDS), atol=1e-5, rtol=1e-5)
     assert tok.kind == "sentencepiece" and tok.bos_id == 1 and tok.eos_ids == [2]
@@ -138,7 +141,7 @@ def test_tiny_llama_float64_weights_are_exact(make_tiny_llama):
 
 def test_bfloat16_keeps_rope_tables_in_float32(make_tiny_llama):
     folder, _ = make_tiny_llama()
-    model, _ = load_checkpoint(folder, device="cpu", dtype="bfloat16")
+    model, _ = load_checkpoint(folder, device="cpu", dtype="bfloat16", pack=False)
     assert all(p.dtype is torch.bfloat16 for p in model.parameters())
     assert model.rope_cos.dtype is torch.float32
     assert torch.isfinite(minila_logits(model, IDS)).all()
@@ -167,9 +170,43 @@ def test_missing_lm_head_means_tied(make_tiny_llama):
     weights = load_file(folder / "model.safetensors")
     del weights["lm_head.weight"]
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-    model, _ = load_checkpoint(folder, device="cpu")
+    model, _ = load_checkpoint(folder, device="cpu", pack=False)
     assert model.output.weight is model.tok_embeddings.weight
     torch.testing.assert_close(model.output.weight, hf.model.embed_tokens.weight)
+
+
+def _mapped_file(tensor: torch.Tensor) -> str | None:
+    """The file (or [heap], ...) whose mapping holds the tensor's first byte, from /proc/self/maps."""
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, *rest = line.split(maxsplit=5)
+        start, end = (int(a, 16) for a in span.split("-"))
+        if start <= address < end:
+            return rest[4] if len(rest) == 5 else None
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads Linux's /proc/self/maps")
+@pytest.mark.parametrize("file", ["model.safetensors", "pytorch_model.bin"])
+def test_a_packed_model_looks_its_embedding_up_in_the_file(make_tiny_llama, file):
+    """Packing gives every matrix, a tied head too, a copy of its own; the embedding's
+    table is then only looked up, so it stays where it lies, in the weight file, mapped,
+    in the file's dtype; the rows looked up are cast to the model's."""
+    folder, hf = make_tiny_llama(tie=True)
+    if file == "pytorch_model.bin":
+        (folder / "model.safetensors").unlink()
+        torch.save(hf.state_dict(), folder / file)
+    ids, path = torch.tensor(IDS), str((folder / file).resolve())
+    for dtype in [d for d in (torch.bfloat16, torch.float32) if d in packable_dtypes()]:  # float32 last
+        model, _ = load_checkpoint(folder, device="cpu", dtype=dtype)
+        table = model.tok_embeddings.weight
+        assert _mapped_file(table) == path
+        assert table.dtype is torch.float32 and model.dtype is dtype  # as in the file / as asked
+        assert model.output.packed is not None and model.output.weight.is_meta  # the head: one packed copy
+        assert torch.equal(model.tok_embeddings(ids).to(dtype), hf.model.embed_tokens.weight.to(dtype)[ids])
+    torch.testing.assert_close(minila_logits(model, IDS), hf_logits(hf, IDS), atol=1e-5, rtol=1e-5)  # float32's
+    model, _ = load_checkpoint(folder, device="cpu", dtype="float64")  # nothing packed: the table is the head too
+    assert model.output.weight is model.tok_embeddings.weight and _mapped_file(model.output.weight) != path
 
 
 def test_sentencepiece_tokenizer_of_a_checkpoint(make_tiny_llama, sp_model_file):
@@ -276,7 +313,8 @@ def test_real_model_args_and_size(real_model):
     a = model.args
     assert (a.n_layers, a.dim, a.hidden_dim, a.n_heads, a.n_kv_heads, a.vocab_size) == (30, 576, 1536, 9, 3, 49152)
     assert (a.rope_theta, a.norm_eps, a.max_seq_len, a.tie_embeddings) == (1e5, 1e-5, 8192, True)
-    assert sum(p.numel() for p in model.parameters()) == 134_515_008  # the tied head counted once
+    weights = {name: p for name, p in model.named_parameters() if name != "output.weight"}  # the tied head: its table's values
+    assert sum(p.numel() for p in weights.values()) == 134_515_008
     assert tok.kind == "tokenizer.json"
 
 
