@@ -120,6 +120,7 @@ class _InvariantPlan(AttentionPlan):
     committed: int  # P: cache slots 0..P-1 hold positions 0..P-1
     slots: torch.Tensor  # (T, L) long: the cache slot of each position 0..L-1 a row sees (0 where hidden)
     hidden: torch.Tensor  # (T, L) bool: positions the row does not see (past it, or not its ancestor)
+    own: torch.Tensor  # (T * (L - start),) long: slots of the per-row blocks' positions, P + T (a zero row) where hidden
 
     def attend(self, q, keys, values):
         n_heads, t, hd = q.shape
@@ -145,7 +146,7 @@ class _InvariantPlan(AttentionPlan):
         part_shared = _product(p_shared, v_shared)  # (Hkv, nS, gT, hd)
         parts = part_shared.view(n_kv, shared, g, t, hd).permute(0, 2, 3, 1, 4)  # (Hkv, g, T, nS, hd)
         if start < length:  # ... and the rest per row: the committed tail, the row's ancestors, zeros
-            v_own = values[:, self.slots[:, start:]].masked_fill_(self.hidden[None, :, start:, None], 0)
+            v_own = F.pad(values, (0, 0, 0, 1)).index_select(1, self.own)  # hidden positions read the zero row
             v_own = v_own.view(n_kv, t, -1, BLOCK, hd)  # (Hkv, T, nO, B, hd)
             p_own = probs[..., start:].reshape(n_kv, g, t, -1, BLOCK).permute(0, 2, 3, 1, 4)  # (Hkv, T, nO, g, B)
             part_own = _product(p_own, v_own)  # (Hkv, T, nO, g, hd)
@@ -170,4 +171,6 @@ class InvariantAttention:
         # position j < P sits in slot j; the row's ancestors in slots P + order; then nothing
         slots = torch.cat([torch.arange(committed).expand(t, -1), committed + order, order.new_zeros(t, length - committed - d)], 1)
         hidden = torch.cat([mask.new_zeros(t, committed), ~mask.gather(1, order), mask.new_ones(t, length - committed - d)], 1)
-        return _InvariantPlan(committed, slots.masked_fill(hidden, 0), hidden)
+        start = committed // BLOCK * BLOCK  # where the per-row blocks begin (see attend)
+        own = slots[:, start:].masked_fill(hidden[:, start:], committed + t).flatten()
+        return _InvariantPlan(committed, slots.masked_fill(hidden, 0), hidden, own)
