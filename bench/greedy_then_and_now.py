@@ -1,0 +1,63 @@
+"""Greedy tokens/s of this tree against the code of an earlier commit, interleaved in one
+process (the order rotates per prompt and round), so the ratio holds while the machine's
+speed drifts. Issue 15 asked bfloat16 greedy to reach 1.7x the float32 greedy of its day:
+the commit before its work is 011a9ac^. Usage, from the repository root:
+    OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python bench/greedy_then_and_now.py [REV]
+
+The earlier `minila/` is taken from git (`git archive`) into a temporary folder as the
+package `minila_then`, its imports renamed, so both load side by side."""
+
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+
+import torch
+
+from minila import greedy_generate
+from minila.bench_data import load_prompts
+from minila.checkpoint import load_checkpoint
+
+REV = sys.argv[1] if len(sys.argv) > 1 else "011a9ac^"
+CKPT, NEW, ROUNDS = "weights/smollm2-135m-instruct", 64, 3
+
+folder = Path(tempfile.mkdtemp())
+archive = subprocess.run(["git", "archive", REV, "minila"], capture_output=True, check=True).stdout
+tarfile.open(fileobj=BytesIO(archive)).extractall(folder, filter="data")
+(folder / "minila").rename(folder / "minila_then")
+for path in (folder / "minila_then").glob("*.py"):
+    path.write_text(re.sub(r"\b(from|import) minila\b", r"\1 minila_then", path.read_text()))
+sys.path.insert(0, str(folder))
+import minila_then  # noqa: E402
+from minila_then.checkpoint import load_checkpoint as load_then  # noqa: E402
+
+torch.set_num_threads(2)
+tok = load_checkpoint(CKPT, device="cpu", pack=False)[1]
+methods = {}
+for dt in ("float32", "bfloat16"):
+    then = load_then(CKPT, device="cpu", dtype=dt)[0]
+    methods[f"{REV} {dt}"] = lambda ids, m=then: minila_then.greedy_generate(m, ids, NEW)
+for dt in ("float32", "bfloat16"):
+    for forward in ("plain", "invariant"):
+        now = load_checkpoint(CKPT, device="cpu", dtype=dt, forward=forward)[0]
+        methods[f"now {dt} {forward}"] = lambda ids, m=now: greedy_generate(m, ids, NEW)
+
+prompts = [p.ids for p in load_prompts("mtbench", tok, limit=3)]
+for run in methods.values():
+    run(prompts[0][:20])  # warm-up
+seconds = dict.fromkeys(methods, 0.0)
+names = list(methods)
+for r in range(ROUNDS):
+    for i, ids in enumerate(prompts):
+        k0 = (r * len(prompts) + i) % len(names)
+        for name in names[k0:] + names[:k0]:
+            start = time.perf_counter()
+            methods[name](ids)
+            seconds[name] += time.perf_counter() - start
+base = seconds[f"{REV} float32"]
+for name, s in seconds.items():
+    print(f"{name:28} {NEW * ROUNDS * len(prompts) / s:6.1f} tok/s  {base / s:5.2f}x {REV} float32")
