@@ -3,9 +3,9 @@ weights, plain and width-invariant forward, in one process, interleaved (the ord
 ratios hold even when the machine's speed drifts. 3 MT-bench prompts x 3 rounds, 64 new
 tokens each, prefill included. Usage, from the repository root:
     OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python bench/greedy_dtypes.py"""
-import time
 
 import torch
+from interleaved import interleaved_seconds
 from transformers import LlamaForCausalLM
 
 from minila import greedy_generate
@@ -37,17 +37,7 @@ def hf_run(model):
 
 methods = {**{k: minila_run(m) for k, m in minila_models.items()}, **{k: hf_run(m) for k, m in hf_models.items()}}
 prompts = [p.ids for p in load_prompts("mtbench", tok, limit=3)]
-for run in methods.values():
-    run(prompts[0][:20])  # warm-up
-seconds = {k: 0.0 for k in methods}
-names = list(methods)
-for r in range(3):
-    for i, ids in enumerate(prompts):
-        k0 = (r * len(prompts) + i) % len(names)
-        for name in names[k0:] + names[:k0]:
-            start = time.perf_counter()
-            methods[name](ids)
-            seconds[name] += time.perf_counter() - start
+seconds = interleaved_seconds(methods, prompts, 3)
 runs = 3 * len(prompts)
 for name, s in seconds.items():
     print(f"{name:34} {NEW * runs / s:6.1f} tok/s ({runs} runs x {NEW} tokens)")

@@ -12,11 +12,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from io import BytesIO
 from pathlib import Path
 
 import torch
+from interleaved import interleaved_seconds
 
 from minila import greedy_generate
 from minila.bench_data import load_prompts
@@ -47,17 +47,7 @@ for dt in ("float32", "bfloat16"):
         methods[f"now {dt} {forward}"] = lambda ids, m=now: greedy_generate(m, ids, NEW)
 
 prompts = [p.ids for p in load_prompts("mtbench", tok, limit=3)]
-for run in methods.values():
-    run(prompts[0][:20])  # warm-up
-seconds = dict.fromkeys(methods, 0.0)
-names = list(methods)
-for r in range(ROUNDS):
-    for i, ids in enumerate(prompts):
-        k0 = (r * len(prompts) + i) % len(names)
-        for name in names[k0:] + names[:k0]:
-            start = time.perf_counter()
-            methods[name](ids)
-            seconds[name] += time.perf_counter() - start
+seconds = interleaved_seconds(methods, prompts, ROUNDS)
 base = seconds[f"{REV} float32"]
 for name, s in seconds.items():
     print(f"{name:28} {NEW * ROUNDS * len(prompts) / s:6.1f} tok/s  {base / s:5.2f}x {REV} float32")

@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 
 from minila import LookaheadConfig, MinilaError, greedy_generate, lookahead_generate
 from minila.attention import BLOCK, InvariantAttention, PlainAttention
-from minila.invariant import MAX_INNER, MAX_ROWS, WIDTH, InvariantLinear, choose_forward, invariant_ok, make_width_invariant
+from minila.invariant import (
+    MAX_INNER,
+    MAX_ROWS,
+    WIDTH,
+    InvariantLinear,
+    choose_forward,
+    invariant_ok,
+    make_width_invariant,
+)
 from minila.layout import candidate_tree, step_layout
 from minila.masks import ancestor_mask, depths
 from minila.model import Linear
