@@ -84,7 +84,7 @@ class InvariantLinear(nn.Module):
         if pieces == 1:
             if onednn and linear.packed is None:
                 linear.pack()  # a packed product always runs oneDNN, a plain one only above a size
-            self.parts = nn.ModuleList([linear])  # the product as it is (a tied head stays tied)
+            self.parts = nn.ModuleList([linear])  # the product as it is
             return
         weight = linear.packed.to_dense() if linear.weight.is_meta else linear.weight.detach()  # packed: its values
         self.parts = nn.ModuleList()
