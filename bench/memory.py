@@ -30,10 +30,8 @@ for _ in range(2):
         model(torch.tensor([1, 2, 3]), torch.arange(3), model.new_cache(8))
     added.append(rss() - before)
     kept.append((model, tokenizer))
-a = model.args
-weights = a.vocab_size * a.dim * (1 if a.tie_embeddings else 2) + a.dim  # embedding, head, final norm
-weights += a.n_layers * sum(p.numel() for p in model.layers[0].state_dict().values())
-weights *= torch.finfo(model.dtype).bits // 8
+tied = {"output.weight"} if model.args.tie_embeddings else set()  # packed apart from its table, the same values
+weights = sum(p.numel() for n, p in model.named_parameters() if n not in tied) * torch.finfo(model.dtype).bits // 8
 first, second = (f"{m / 2**20:.0f} MiB = {m / weights:.2f}x" for m in added)
 print(f"| {sys.argv[2]} | {sys.argv[3]} | {weights / 2**20:.0f} MiB | {first} | {second} |")
 """

@@ -183,8 +183,9 @@ def args_from_hf_config(config: dict, path: Path = CONFIG) -> ModelArgs:
 # ------------------------------------------------------------------------- weights
 
 # HF name -> Meta name; the per-layer part follows "model.layers.{i}."
+EMBEDDING = "model.embed_tokens.weight"  # HF's name for the token embedding's table
 _GLOBAL_NAMES = {
-    "model.embed_tokens.weight": "tok_embeddings.weight",
+    EMBEDDING: "tok_embeddings.weight",
     "model.norm.weight": "norm.weight",
     "lm_head.weight": "output.weight",
 }
@@ -342,10 +343,9 @@ def load_checkpoint(
             f"generation_config.json) are outside the vocabulary of {args.vocab_size} tokens; {FIX}"
         )
     model = build_model(args, load_state_dict(folder, dt, dev), dev)
-    if pack:
+    if pack and model.pack_weights():  # every matrix a packed copy: the embedding's table is only looked up now
+        model.tok_embeddings.weight = torch.nn.Parameter(_table_in_the_files(folder), requires_grad=False)
         _copy_out_of_the_files(model)
-        if model.pack_weights():  # every matrix packed: the embedding's table is only looked up now
-            model.tok_embeddings.weight = torch.nn.Parameter(_table_in_the_files(folder), requires_grad=False)
     model = choose_forward(model, forward)
     _return_freed_memory()
     return model, tokenizer
@@ -371,28 +371,28 @@ def _table_in_the_files(folder: Path) -> torch.Tensor:
     held. The mapping is private (writes to it stay in this process), and fresh: the
     pages that loading read went with the first one. The file must stay in place while
     the model runs, as with any memory-mapped model."""
-    name = "model.embed_tokens.weight"
     for path in weight_files(folder):
         if path.suffix == ".safetensors":  # safe_open maps the one tensor (load_file touches a page of each)
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
-                if name in f.keys():
-                    return f.get_tensor(name)
-        elif name in (tensors := _read_tensors(path)):  # torch.load(mmap=True)
-            return tensors[name]
+                if EMBEDDING in f.keys():
+                    return f.get_tensor(EMBEDDING)
+        elif EMBEDDING in (tensors := _read_tensors(path)):  # torch.load(mmap=True)
+            return tensors[EMBEDDING]
     raise AssertionError(f"{folder}: the embedding loaded a moment ago is gone from the files")
 
 
 def _copy_out_of_the_files(model: Transformer) -> None:
-    """Give the tensors that packing keeps plain (embedding, norms) memory of their own.
+    """Give the norms of a packed model memory of their own.
 
     safetensors and torch.load(mmap=True) hand out tensors backed by one mapping of
     each file, and the mapping, with every page read so far, stays resident while any
-    of them lives. Packing reads the matrices straight from it; once the rest is copied
-    out, the mapping goes with the packing: the weights are held once.
+    of them lives. Packing reads the matrices straight from it, and the embedding's
+    table is mapped afresh; once the norms are copied out too, the first mapping goes:
+    the weights are held once.
     """
     for module in model.modules():
-        if not isinstance(module, Linear):  # a tied head is the embedding's weight: copied here
+        if not isinstance(module, (Linear, torch.nn.Embedding)):
             for param in module.parameters(recurse=False):
                 param.data = param.data.clone()
