@@ -4,19 +4,13 @@ speed drifts. Issue 15 asked bfloat16 greedy to reach 1.7x the float32 greedy of
 the commit before its work is 011a9ac^. Usage, from the repository root:
     OMP_NUM_THREADS=2 PYTHONPATH=. .venv/bin/python bench/greedy_then_and_now.py [REV]
 
-The earlier `minila/` is taken from git (`git archive`) into a temporary folder as the
-package `minila_then`, its imports renamed, so both load side by side."""
+The earlier code is imported beside this tree as `minila_then` (bench/then.py)."""
 
-import re
-import subprocess
 import sys
-import tarfile
-import tempfile
-from io import BytesIO
-from pathlib import Path
 
 import torch
 from interleaved import interleaved_seconds
+from then import minila_at
 
 from minila import greedy_generate
 from minila.bench_data import load_prompts
@@ -25,21 +19,13 @@ from minila.checkpoint import load_checkpoint
 REV = sys.argv[1] if len(sys.argv) > 1 else "011a9ac^"
 CKPT, NEW, ROUNDS = "weights/smollm2-135m-instruct", 64, 3
 
-folder = Path(tempfile.mkdtemp())
-archive = subprocess.run(["git", "archive", REV, "minila"], capture_output=True, check=True).stdout
-tarfile.open(fileobj=BytesIO(archive)).extractall(folder, filter="data")
-(folder / "minila").rename(folder / "minila_then")
-for path in (folder / "minila_then").glob("*.py"):
-    path.write_text(re.sub(r"\b(from|import) minila\b", r"\1 minila_then", path.read_text()))
-sys.path.insert(0, str(folder))
-import minila_then  # noqa: E402
-from minila_then.checkpoint import load_checkpoint as load_then  # noqa: E402
+minila_then, checkpoint_then = minila_at(REV), minila_at(REV, "checkpoint")
 
 torch.set_num_threads(2)
 tok = load_checkpoint(CKPT, device="cpu", pack=False)[1]
 methods = {}
 for dt in ("float32", "bfloat16"):
-    then = load_then(CKPT, device="cpu", dtype=dt)[0]
+    then = checkpoint_then.load_checkpoint(CKPT, device="cpu", dtype=dt)[0]
     methods[f"{REV} {dt}"] = lambda ids, m=then: minila_then.greedy_generate(m, ids, NEW)
 for dt in ("float32", "bfloat16"):
     for forward in ("plain", "invariant"):
