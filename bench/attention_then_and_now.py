@@ -10,7 +10,7 @@ import time
 import torch
 from then import minila_at
 
-from minila.attention import InvariantAttention
+from minila.llama.attention import InvariantAttention
 
 REV = sys.argv[1] if len(sys.argv) > 1 else "5ae02a2"
 attention_then = minila_at(REV, "attention")

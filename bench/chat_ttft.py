@@ -9,9 +9,9 @@ import sys
 
 import torch
 
-from minila.chat import ChatSession
-from minila.checkpoint import load_checkpoint
-from minila.lookahead import LookaheadConfig, lookahead_generate
+from minila.cli.chat import ChatSession
+from minila.llama.checkpoint import load_checkpoint
+from minila.lookahead.loop import LookaheadConfig, lookahead_generate
 
 QUESTIONS = [
     "Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural experiences.",

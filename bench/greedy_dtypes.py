@@ -9,8 +9,8 @@ from interleaved import interleaved_seconds
 from transformers import LlamaForCausalLM
 
 from minila import greedy_generate
-from minila.bench_data import load_prompts
-from minila.checkpoint import load_checkpoint
+from minila.cli.bench.prompts import load_prompts
+from minila.llama.checkpoint import load_checkpoint
 
 torch.set_num_threads(2)
 CKPT, NEW = "weights/smollm2-135m-instruct", 64

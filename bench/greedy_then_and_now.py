@@ -13,8 +13,8 @@ from interleaved import interleaved_seconds
 from then import minila_at
 
 from minila import greedy_generate
-from minila.bench_data import load_prompts
-from minila.checkpoint import load_checkpoint
+from minila.cli.bench.prompts import load_prompts
+from minila.llama.checkpoint import load_checkpoint
 
 REV = sys.argv[1] if len(sys.argv) > 1 else "011a9ac^"
 CKPT, NEW, ROUNDS = "weights/smollm2-135m-instruct", 64, 3

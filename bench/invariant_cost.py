@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from minila import LookaheadConfig, greedy_generate, lookahead_generate
-from minila.autotune import measure_cost_curve
-from minila.bench_data import load_prompts
-from minila.checkpoint import load_checkpoint
+from minila.cli.bench.prompts import load_prompts
+from minila.llama.checkpoint import load_checkpoint
+from minila.speed.cost_curve import measure_cost_curve
 
 CKPT = Path(__file__).resolve().parents[1] / "weights" / "smollm2-135m-instruct"
 FORWARDS = ("plain", "invariant")

@@ -23,7 +23,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from minila.checkpoint import load_checkpoint
+from minila.llama.checkpoint import load_checkpoint
 
 low, high = (int(sys.argv[1]), int(sys.argv[2])) if len(sys.argv) > 2 else (10, 20)
 context = int(sys.argv[3]) if len(sys.argv) > 3 else 200

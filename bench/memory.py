@@ -17,7 +17,7 @@ import sys
 
 CHILD = """
 import sys, torch
-from minila.checkpoint import load_checkpoint
+from minila.llama.checkpoint import load_checkpoint
 
 def rss():
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:"))

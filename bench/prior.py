@@ -17,9 +17,9 @@ from collections import Counter
 import torch
 
 from minila import greedy_generate, load_checkpoint, lookahead_generate
-from minila.autotune import auto_budget, auto_config
-from minila.bench_data import load_prompts
-from minila.budget import Acceptance
+from minila.cli.bench.prompts import load_prompts
+from minila.lookahead.auto import auto_budget, auto_config
+from minila.speed.budget import Acceptance
 
 HELD_OUT = {"mtbench": range(60, 70), "humaneval": range(100, 110)}
 

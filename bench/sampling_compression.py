@@ -6,10 +6,10 @@ import sys
 
 import torch
 
-from minila.bench_data import load_prompts
-from minila.checkpoint import load_checkpoint
-from minila.lookahead import LookaheadConfig, lookahead_generate
-from minila.sampling import SamplingConfig, sample_generate
+from minila.cli.bench.prompts import load_prompts
+from minila.decoding.sampling import SamplingConfig, sample_generate
+from minila.llama.checkpoint import load_checkpoint
+from minila.lookahead.loop import LookaheadConfig, lookahead_generate
 
 torch.set_num_threads(1)
 w, n, g, c = (int(x) for x in sys.argv[1].split(","))

@@ -26,6 +26,6 @@ def _unpack(rev: str) -> None:
     archive = subprocess.run(["git", "archive", rev, "minila"], capture_output=True, check=True).stdout
     tarfile.open(fileobj=BytesIO(archive)).extractall(folder, filter="data")
     (folder / "minila").rename(folder / "minila_then")
-    for path in (folder / "minila_then").glob("*.py"):
+    for path in (folder / "minila_then").rglob("*.py"):
         path.write_text(re.sub(r"\b(from|import) minila\b", r"\1 minila_then", path.read_text()))
     sys.path.insert(0, str(folder))

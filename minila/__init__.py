@@ -1,13 +1,13 @@
 """minila: a readable reference implementation of Lookahead Decoding (Fu et al., ICML 2024)."""
 
-from minila.checkpoint import load_checkpoint
+from minila.decoding.generation import Generation, StepStat
+from minila.decoding.greedy import greedy_generate
+from minila.decoding.sampling import SamplingConfig, sample_generate
 from minila.errors import MinilaError
-from minila.generation import Generation, StepStat
-from minila.greedy import greedy_generate
-from minila.jacobi import JacobiGeneration, jacobi_generate
-from minila.lookahead import LookaheadConfig, lookahead_generate
-from minila.model import ModelArgs, Transformer
-from minila.sampling import SamplingConfig, sample_generate
+from minila.llama.checkpoint import load_checkpoint
+from minila.llama.model import ModelArgs, Transformer
+from minila.lookahead.jacobi import JacobiGeneration, jacobi_generate
+from minila.lookahead.loop import LookaheadConfig, lookahead_generate
 
 __all__ = [
     "Generation",

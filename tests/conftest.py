@@ -21,7 +21,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_autotune_cache(tmp_path_factory: pytest.TempPathFactory):
-    """autotune keeps its cost curves in ~/.cache/minila; tests keep theirs to themselves."""
+    """the cost curve is kept in ~/.cache/minila; tests keep theirs to themselves."""
     mp = pytest.MonkeyPatch()
     mp.setenv("MINILA_CACHE", str(tmp_path_factory.mktemp("minila-cache")))
     yield
@@ -42,7 +42,7 @@ def smollm2_dir() -> Path:
 @pytest.fixture(scope="session")
 def real_model(smollm2_dir: Path):
     """(model, tokenizer) for SmolLM2, float32 on CPU, loaded once per session."""
-    from minila.checkpoint import load_checkpoint
+    from minila.llama.checkpoint import load_checkpoint
 
     return load_checkpoint(smollm2_dir, device="cpu", dtype="float32")
 

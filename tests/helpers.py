@@ -16,7 +16,7 @@ import math
 import torch
 from hypothesis import strategies as st
 
-from minila.model import ModelArgs, Transformer
+from minila.llama.model import ModelArgs, Transformer
 
 ROPE_THETAS = (10000.0, 100000.0, 500000.0)
 

@@ -2,7 +2,7 @@
 
 Starting processes is slow (each imports torch), so the ranks are started once and then
 serve jobs: the test process sends the same job to every rank and reads back what each
-decoded with `minila.parallel.parallel_generate` over real gloo collectives. The test
+decoded with `minila.parallel.decoder.parallel_generate` over real gloo collectives. The test
 process is not a rank; it computes the oracles (greedy, single-process lookahead)
 itself. A job names its model, so the ranks build exactly the test's model:
 ("tiny", seed, shape) with helpers.tiny_model, or ("checkpoint", path) loaded in float32.
@@ -76,7 +76,7 @@ def build_model(spec: tuple):
         with torch.no_grad():
             model.output.weight.mul_(peak)
         return model
-    from minila.checkpoint import load_checkpoint
+    from minila.llama.checkpoint import load_checkpoint
 
     return load_checkpoint(spec[1], device="cpu", dtype="float32")[0]
 
@@ -85,8 +85,8 @@ def serve(rank: int, ranks: int, port: int, inbox, outbox) -> None:
     import torch
     import torch.distributed as dist
 
-    from minila.lookahead import LookaheadConfig
-    from minila.parallel import parallel_generate
+    from minila.lookahead.loop import LookaheadConfig
+    from minila.parallel.decoder import parallel_generate
 
     torch.set_num_threads(1)  # 2 ranks on the 2-core machine: one core each
     dist.init_process_group(

@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from minila.kv_cache import KVCache
-from minila.model import ModelArgs
+from minila.llama.kv_cache import KVCache
+from minila.llama.model import ModelArgs
 
 
 class BrokenHistory(AssertionError):

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minila import LookaheadConfig, MinilaError, greedy_generate, lookahead_generate
-from minila.attention import BLOCK, InvariantAttention, PlainAttention
-from minila.invariant import (
+from minila.llama.attention import BLOCK, InvariantAttention, PlainAttention
+from minila.llama.invariant import (
     MAX_INNER,
     MAX_ROWS,
     WIDTH,
@@ -26,9 +26,9 @@ from minila.invariant import (
     invariant_ok,
     make_width_invariant,
 )
-from minila.layout import candidate_tree, step_layout
-from minila.masks import ancestor_mask, depths
-from minila.model import Linear
+from minila.llama.model import Linear
+from minila.lookahead.layout import candidate_tree, step_layout
+from minila.lookahead.masks import ancestor_mask, depths
 
 pytestmark = pytest.mark.skipif(
     not invariant_ok(torch.bfloat16, torch.device("cpu")), reason="bfloat16 products need oneDNN on an AVX-512 CPU"

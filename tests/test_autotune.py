@@ -7,8 +7,10 @@ from helpers import tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minila import autotune
-from minila.autotune import CostCurve, choose_config, cost_curve_for
+from minila.lookahead import auto
+from minila.lookahead.auto import choose_config
+from minila.speed import cost_curve
+from minila.speed.cost_curve import CostCurve, cost_curve_for
 
 WIDTHS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -45,8 +47,8 @@ def test_the_window_is_the_widest_the_curve_prices_within_the_limit(slope):
     c = curve(lambda t: 1.0 + slope * t)
     config = choose_config(c)
     rows = lambda w: c.relative(w * (config.ngram - 1), w + 1)  # noqa: E731
-    assert config.window == 1 or rows(config.window) <= autotune.WINDOW_PRICE
-    assert all(rows(w) > autotune.WINDOW_PRICE for w in autotune.WINDOWS if w > config.window)
+    assert config.window == 1 or rows(config.window) <= auto.WINDOW_PRICE
+    assert all(rows(w) > auto.WINDOW_PRICE for w in auto.WINDOWS if w > config.window)
 
 
 def test_cost_curve_is_measured_once_and_kept(tmp_path, monkeypatch):
@@ -54,12 +56,12 @@ def test_cost_curve_is_measured_once_and_kept(tmp_path, monkeypatch):
     model = tiny_model(0, max_seq_len=256)
     first = cost_curve_for(model)
     assert list(tmp_path.glob("cost-*.json"))
-    monkeypatch.setattr(autotune, "measure_cost_curve", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(cost_curve, "measure_cost_curve", lambda *a, **k: pytest.fail("measured again"))
     assert cost_curve_for(model) == first
     assert first.widths[0] == 1 and all(s > 0 for s in first.seconds)
 
 
 def test_short_context_models_are_measured_within_their_context(tmp_path, monkeypatch):
     monkeypatch.setenv("MINILA_CACHE", str(tmp_path))
-    c = autotune.measure_cost_curve(tiny_model(0, max_seq_len=64), repeats=1)
+    c = cost_curve.measure_cost_curve(tiny_model(0, max_seq_len=64), repeats=1)
     assert max(c.widths) < 64

@@ -11,19 +11,13 @@ import torch
 from helpers import tiny_model
 
 from minila import LookaheadConfig, MinilaError, greedy_generate
-from minila.bench import (
-    Run,
-    auto_lookahead_config,
-    build_decoders,
-    cut,
-    main,
-    markdown,
-    parse_configs,
-    run_benchmark,
-    summarize,
-)
-from minila.bench_data import DATASETS, Prompt, load_prompts
-from minila.memory import NGramMemory
+from minila.cli.bench.decoders import Run, auto_lookahead_config, build_decoders, cut
+from minila.cli.bench.interleaved import run_benchmark, summarize
+from minila.cli.bench.main import main
+from minila.cli.bench.methods import parse_configs
+from minila.cli.bench.prompts import DATASETS, Prompt, load_prompts
+from minila.cli.bench.report import markdown
+from minila.speed.memory import NGramMemory
 
 BENCH_DATA = Path(__file__).resolve().parents[1] / "bench" / "data"
 
@@ -126,7 +120,7 @@ def test_configs():
 
 
 def test_la_auto_decides_each_step_and_remembers_across_prompts(monkeypatch, tmp_path: Path, one_thread):
-    monkeypatch.setenv("MINILA_CACHE", str(tmp_path))  # where autotune keeps its measurements
+    monkeypatch.setenv("MINILA_CACHE", str(tmp_path))  # where the cost curve is kept
     model, tok = tiny_model(0, max_seq_len=512), FakeTokenizer()  # room for a cost curve up to 128 tokens after 200
     memory = NGramMemory("fake", vocab_size=64)
     decoders, info = build_decoders(parse_configs(["la:auto"]), model, tok, None, seed=0, memory=memory)
@@ -220,7 +214,7 @@ def test_bench_cli_errors(tmp_path: Path, capsys):
 def test_parallel_rows_report_every_ranks_width(one_thread):
     """Under torchrun the la:* decoder is minila.parallel's; here two simulated ranks
     stand in, and the rows and the report carry each rank's rows per step."""
-    from minila.parallel import lockstep_generate
+    from minila.parallel.decoder import lockstep_generate
 
     model = tiny_model(3, vocab=64, max_seq_len=160)
     prompt = (5, 6, 7, 5, 6, 7, 5, 6)

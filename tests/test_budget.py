@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minila.budget import Acceptance, CostBudget, Offer, node_chances, plan_step
+from minila.speed.budget import Acceptance, CostBudget, Offer, node_chances, plan_step
 
 
 @st.composite

@@ -19,8 +19,8 @@ import pytest
 from conftest import LLAMA3_ROPE, REPO, write_tiny_llama3
 
 from minila import LookaheadConfig, MinilaError, greedy_generate, load_checkpoint, lookahead_generate
-from minila.chat import ChatSession
-from minila.greedy import autoregressive_generate
+from minila.cli.chat import ChatSession
+from minila.decoding.greedy import autoregressive_generate
 
 CONFIG = LookaheadConfig(window=3, ngram=3, guess=3, copy=4)
 QUESTIONS = ["the quick brown fox", "hello world 123", "and the lazy dog?"]
@@ -113,7 +113,7 @@ def test_reset_and_a_full_context(llama3_f64):
 
 
 def test_greedy_chat_from_a_pipe(llama3_dir, monkeypatch, capsys):
-    from minila.generate import main
+    from minila.cli.generate import main
 
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{QUESTIONS[0]}\n/nonsense\n{QUESTIONS[1]}\n/exit\nnever read\n"))
     args = ["--ckpt", str(llama3_dir), "--interactive", "--mode", "greedy", "--device", "cpu", "--max-new-tokens", "12"]

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from minila import checkpoint
-from minila.checkpoint import args_from_hf_config, load_checkpoint, resolve_device, resolve_dtype
 from minila.errors import MinilaError
-from minila.model import packable_dtypes
+from minila.llama import checkpoint
+from minila.llama.checkpoint import args_from_hf_config, load_checkpoint, resolve_device, resolve_dtype
+from minila.llama.model import packable_dtypes
 
 SMOLLM_CONFIG = {
     "architectures": ["LlamaForCausalLM"],

@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from minila.generate import first_divergence, main
+from minila.cli.common import first_divergence
+from minila.cli.generate import main
 
 
 def run_json(capsys, *argv: str) -> dict:

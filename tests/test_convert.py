@@ -13,10 +13,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minila.checkpoint import load_checkpoint
-from minila.convert import DEFAULT_CHAT_TEMPLATE, convert, hf_tensor_name, main, unpermute_qk
 from minila.errors import MinilaError
-from minila.model import apply_rope, rope_tables
+from minila.llama.checkpoint import load_checkpoint
+from minila.llama.convert import DEFAULT_CHAT_TEMPLATE, convert, hf_tensor_name, main, unpermute_qk
+from minila.llama.model import apply_rope, rope_tables
 
 
 def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -230,7 +230,7 @@ def test_converted_logits_minila_equals_transformers(converted):
 @settings(max_examples=60, deadline=None)
 @given(text=st.lists(st.sampled_from(CORPUS[:4] + SPECIALS + [" 42"]) | st.text(max_size=8), max_size=6).map("".join))
 def test_converted_tokenizer_equals_source(converted, bpe, text):
-    from minila.tokenizer import Tokenizer
+    from minila.llama.tokenizer import Tokenizer
 
     folder, _, _ = converted
     tok = Tokenizer.from_folder(folder)

@@ -24,7 +24,7 @@ import torch
 from conftest import LLAMA3_ROPE, LLAMA3_TEMPLATE, _write_tiny_llama, write_tiny_llama3
 
 from minila import MinilaError, load_checkpoint
-from minila.generate import main
+from minila.cli.generate import main
 
 SHARD = "model-00001-of-*.safetensors"  # the first shard, whatever the count
 # a message tells what to do: one of these verbs

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from minila.kv_cache import KVCache
+from minila.llama.kv_cache import KVCache
 
 LAYERS, KV_HEADS, HEAD_DIM = 2, 2, 3
 

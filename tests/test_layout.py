@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minila.layout import LAST, LOOKAHEAD, VERIFY, candidate_tree, chains, step_layout
-from minila.masks import ancestor_mask, depths
+from minila.lookahead.layout import LAST, LOOKAHEAD, VERIFY, candidate_tree, chains, step_layout
+from minila.lookahead.masks import ancestor_mask, depths
 
 # The paper's mask figure (W=5, N=4, G=2), drawn by hand from the rule.
 # rows: last | level 0 cols 1-4 | level 1 cols 0-4 | level 2 cols 0-4 | cand 0 | cand 1

@@ -16,9 +16,9 @@ import torch
 from conftest import LLAMA3_ROPE, LLAMA3_SPECIALS, write_tiny_llama3
 
 from minila import LookaheadConfig, MinilaError, greedy_generate, load_checkpoint, lookahead_generate
-from minila.model import rope_tables
-from minila.rope import RopeScaling, inv_frequencies
-from minila.tokenizer import Tokenizer
+from minila.llama.model import rope_tables
+from minila.llama.rope import RopeScaling, inv_frequencies
+from minila.llama.tokenizer import Tokenizer
 
 LINEAR_ROPE = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}
 

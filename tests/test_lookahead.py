@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from scripted import ScriptedModel, context_hash, periodic
 
 from minila import LookaheadConfig, MinilaError, greedy_generate, jacobi_generate, lookahead_generate
-from minila.budget import FULL, CostBudget
-from minila.memory import LENGTH, NGramMemory
+from minila.speed.budget import FULL, CostBudget
+from minila.speed.memory import LENGTH, NGramMemory
 
 configs = st.builds(
     LookaheadConfig,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minila.memory import NGramMemory, default_path, tokenizer_fingerprint
+from minila.speed.memory import NGramMemory, default_path, tokenizer_fingerprint
 
 VOCAB = 50
 

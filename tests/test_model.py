@@ -18,11 +18,11 @@ from helpers import ROPE_THETAS, hf_llama_from, model_shapes, tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minila.decoding.greedy import greedy_generate
 from minila.errors import MinilaError
-from minila.greedy import greedy_generate
-from minila.invariant import MAX_INNER, MAX_ROWS, WIDTH
-from minila.masks import ancestor_mask, depths
-from minila.model import Linear, ModelArgs, packable_dtypes
+from minila.llama.invariant import MAX_INNER, MAX_ROWS, WIDTH
+from minila.llama.model import Linear, ModelArgs, packable_dtypes
+from minila.lookahead.masks import ancestor_mask, depths
 
 SEEDS = st.integers(0, 2**31)
 

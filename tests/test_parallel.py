@@ -18,10 +18,10 @@ from scripted import ScriptedModel, context_hash, periodic
 from test_lookahead import configs, requests
 
 from minila import LookaheadConfig, greedy_generate, lookahead_generate
-from minila.generate import main
-from minila.layout import candidate_tree, step_layout
-from minila.parallel import Payload, RankDecoder, lockstep_generate
-from minila.parallel_layout import assign_candidates, cut_columns, nominal_rank_widths, rank_cost, rank_layout
+from minila.cli.generate import main
+from minila.lookahead.layout import candidate_tree, step_layout
+from minila.parallel.decoder import Payload, RankDecoder, lockstep_generate
+from minila.parallel.layout import assign_candidates, cut_columns, nominal_rank_widths, rank_cost, rank_layout
 
 # ------------------------------------------------------------------------- the cut (pure)
 
@@ -258,7 +258,7 @@ def test_leaving_the_group_ends_its_gloo_threads():
     sometimes aborted. A fresh process: this one may have imported it already."""
     script = (
         "import os, torch\n"
-        "from minila.launch import join_group, leave_group, read_launch\n"
+        "from minila.parallel.launch import join_group, leave_group, read_launch\n"
         "join_group(read_launch(), 'gloo', torch.device('cpu'), 60.0)\n"
         "import torch.distributed.nn.functional\n"  # as building the model does, after the join
         "leave_group()\n"
@@ -284,7 +284,7 @@ def test_nominal_widths_split_the_single_process_step(window, ngram, guess, copy
 
 @pytest.mark.parametrize("configs, message", [(["greedy", "hf"], "drop hf"), (["la:2,3,2"], "window has 2 columns")])
 def test_bench_under_torchrun_checks_its_methods(monkeypatch, capsys, tmp_path, configs, message):
-    from minila.bench import main as bench_main
+    from minila.cli.bench.main import main as bench_main
 
     launch_env(monkeypatch, 0, 3)
     argv = ["--ckpt", str(tmp_path), "--dataset", "mtbench", "--configs", *configs, "--threads", "1"]

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minila.ngram_pool import ContextLookup, NGramPool
-from minila.verify import verify, verify_greedy
-from minila.window import LookaheadWindow
+from minila.lookahead.ngram_pool import ContextLookup, NGramPool
+from minila.lookahead.verify import verify, verify_greedy
+from minila.lookahead.window import LookaheadWindow
 
 tok = st.integers(0, 5)  # a small alphabet so keys and n-grams repeat
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from minila import LookaheadConfig, greedy_generate, lookahead_generate
-from minila.bench_data import load_prompts
-from minila.checkpoint import load_checkpoint
-from minila.greedy import autoregressive_generate
+from minila.cli.bench.prompts import load_prompts
+from minila.decoding.greedy import autoregressive_generate
+from minila.llama.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 

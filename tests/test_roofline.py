@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from helpers import tiny_model
 
-from minila.model import Linear
-from minila.roofline import Limits, forward_bound
+from minila.llama.model import Linear
+from minila.speed.roofline import Limits, forward_bound
 
 
 def test_the_bound_reads_every_matrix_once_and_grows_with_the_rows():

@@ -12,11 +12,11 @@ from helpers import tiny_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import minila.lookahead
+import minila.lookahead.loop
 from minila import LookaheadConfig, MinilaError, SamplingConfig, greedy_generate, lookahead_generate, sample_generate
-from minila.generation import as_tensor
-from minila.sampling import Sampler, processed_probs
-from minila.verify import Verdict, verify
+from minila.decoding.generation import as_tensor
+from minila.decoding.sampling import Sampler, processed_probs
+from minila.lookahead.verify import Verdict, verify
 
 # ------------------------------------------------------------------ helpers
 
@@ -356,7 +356,7 @@ def redrawing_verify(first, candidates, token_after):
 @pytest.mark.parametrize("wrong, n", [(trusting_verify, 500), (redrawing_verify, 2000)], ids=["trusting", "redrawing"])
 def test_a_wrong_verifier_is_caught(stat_model, monkeypatch, wrong, n):
     """The same test, with a wrong verifier plugged into the loop: it must reject."""
-    monkeypatch.setattr(minila.lookahead, "verify", wrong)
+    monkeypatch.setattr(minila.lookahead.loop, "verify", wrong)
     cfg = SamplingConfig(temperature=1.0)
     counts, _ = lookahead_samples(stat_model, cfg, n)
     stat, p, df = chi_square(counts, exact_distribution(stat_model, cfg), n)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minila.errors import MinilaError
-from minila.tokenizer import Tokenizer, render_chat_template
+from minila.llama.tokenizer import Tokenizer, render_chat_template
 
 # text with everything a tokenizer trips on: digits, code, unicode, emoji, special tokens
 SMOLLM_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<file_sep>"]

@@ -194,7 +194,7 @@ plt.show()
 # single row gets a matrix-vector product with its own fast path, while a few rows take
 # the general matrix product, which re-arranges the weights on every call. `load_checkpoint`
 # therefore keeps the weights pre-arranged for oneDNN on a CPU, which makes a few rows
-# cost little more than one; see `minila.model.Linear`.) Greedy decoding cannot use this,
+# cost little more than one; see `minila.llama.model.Linear`.) Greedy decoding cannot use this,
 # because each token depends on the one before it: we cannot feed token i+1 before we
 # know token i.
 #

@@ -40,10 +40,10 @@ import torch
 from matplotlib.patches import Patch, Rectangle
 
 import minila
-from minila.layout import step_layout
-from minila.ngram_pool import NGramPool
-from minila.verify import verify
-from minila.window import LookaheadWindow
+from minila.lookahead.layout import step_layout
+from minila.lookahead.ngram_pool import NGramPool
+from minila.lookahead.verify import verify
+from minila.lookahead.window import LookaheadWindow
 
 torch.set_num_threads(2)
 ROOT = Path.cwd() if (Path.cwd() / "minila").exists() else Path.cwd().parent
@@ -174,7 +174,7 @@ for key, rest in snapshots[-1][3]:
 # steps and record, after each one, the pool's size, and whether the pool then holds a
 # continuation of the next `last` that greedy decoding will actually produce: that is
 # what the verification branch would check in the next step (notebook 5). We find out
-# afterwards, once we know greedy's tokens, using `minila.verify.verify` with the true
+# afterwards, once we know greedy's tokens, using `minila.lookahead.verify.verify` with the true
 # tokens standing in for the model's argmaxes.
 
 # %%

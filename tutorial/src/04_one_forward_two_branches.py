@@ -25,7 +25,7 @@
 # Both hang off `last`, the only token of the step that is already accepted. This
 # notebook looks at how they share one forward pass: which token sits in which row, at
 # which position, and which rows may see which. All of it lives in one object,
-# `minila.layout.StepLayout`; the attention mask is derived from it by a single rule.
+# `minila.lookahead.layout.StepLayout`; the attention mask is derived from it by a single rule.
 # At the end we check, on a tiny random model, that squeezing everything into one pass
 # changes nothing: each token gets exactly the logits it would get in a plain sequence.
 
@@ -36,7 +36,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
 import minila
-from minila.layout import LAST, LOOKAHEAD, VERIFY, chains, step_layout
+from minila.lookahead.layout import LAST, LOOKAHEAD, VERIFY, chains, step_layout
 
 torch.set_num_threads(2)
 
@@ -52,9 +52,9 @@ torch.set_num_threads(2)
 # * candidate token k sits at p+1+k, right after `last`.
 #
 # The verification branch is given as a small tree of parent pointers (candidates that
-# start with the same tokens share rows; see `minila.layout.candidate_tree`). Two
+# start with the same tokens share rows; see `minila.lookahead.layout.candidate_tree`). Two
 # candidates with different first tokens are two separate chains, which
-# `minila.layout.chains` spells out.
+# `minila.lookahead.layout.chains` spells out.
 
 # %%
 W, N, G = 5, 4, 2
@@ -128,7 +128,7 @@ print("rel. pos. | " + " | ".join(f"{cells[name]:^{widths[name]}}" for name in p
 # token in column c has the chain `last`, level 0 up to column c, then the level-1..l
 # tokens of its own column; a candidate token has `last` and the earlier tokens of its
 # candidate. Stored as parent pointers, "my chain up to me" is just "me and my
-# ancestors", so `minila.masks.ancestor_mask` builds the whole mask in a five-line loop:
+# ancestors", so `minila.lookahead.masks.ancestor_mask` builds the whole mask in a five-line loop:
 # no special cases per branch.
 #
 # Below, row i is the query token, column j the key it may attend to; a coloured cell
@@ -281,7 +281,7 @@ for label, logits in [("causal mask over the packed rows", wrong_mask), ("row or
 # equals greedy's, bit for bit:
 
 # %%
-from minila.invariant import make_width_invariant  # noqa: E402
+from minila.llama.invariant import make_width_invariant  # noqa: E402
 
 torch.manual_seed(0)
 half = minila.Transformer(

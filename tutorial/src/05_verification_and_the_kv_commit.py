@@ -35,10 +35,10 @@ import torch
 from IPython.display import display
 
 import minila
-from minila.layout import candidate_tree, step_layout
-from minila.ngram_pool import NGramPool
-from minila.verify import verify, verify_greedy
-from minila.window import LookaheadWindow
+from minila.lookahead.layout import candidate_tree, step_layout
+from minila.lookahead.ngram_pool import NGramPool
+from minila.lookahead.verify import verify, verify_greedy
+from minila.lookahead.window import LookaheadWindow
 
 torch.set_num_threads(2)
 ROOT = Path.cwd() if (Path.cwd() / "minila").exists() else Path.cwd().parent

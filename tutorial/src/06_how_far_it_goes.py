@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 import minila
-from minila.autotune import measure_cost_curve
+from minila.speed.cost_curve import measure_cost_curve
 
 torch.set_num_threads(2)
 ROOT = Path.cwd() if (Path.cwd() / "minila").exists() else Path.cwd().parent
@@ -112,7 +112,7 @@ for setting, runs in results.items():
 #
 # ## The price of a wide step
 #
-# `minila.autotune.measure_cost_curve` times one forward pass of T tokens after a
+# `minila.speed.cost_curve.measure_cost_curve` times one forward pass of T tokens after a
 # 200-token cache, as notebook 1 did by hand (it also measures the output head's cost per
 # extra row of logits, which we leave out here: a few percent).
 
@@ -224,8 +224,9 @@ plt.show()
 # answer and of a piece of code, decided on this CPU's curve:
 
 # %%
-from minila.autotune import CostCurve, choose_config
-from minila.budget import CostBudget
+from minila.lookahead.auto import choose_config
+from minila.speed.budget import CostBudget
+from minila.speed.cost_curve import CostCurve
 
 cpu_curve = measure_cost_curve(model, context=200, repeats=3)  # the curve auto measures, once per machine
 limits = choose_config(cpu_curve)  # how wide a window auto may run here (the budget decides each step)

@@ -40,9 +40,9 @@ import torch
 from matplotlib.patches import Rectangle
 
 import minila
-from minila.autotune import measure_cost_curve
-from minila.parallel import Payload, lockstep_generate
-from minila.parallel_layout import assign_candidates, cut_columns, nominal_rank_widths, rank_cost
+from minila.parallel.decoder import Payload, lockstep_generate
+from minila.parallel.layout import assign_candidates, cut_columns, nominal_rank_widths, rank_cost
+from minila.speed.cost_curve import measure_cost_curve
 
 torch.set_num_threads(2)
 ROOT = Path.cwd() if (Path.cwd() / "minila").exists() else Path.cwd().parent

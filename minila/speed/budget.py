@@ -3,18 +3,18 @@
 A step always feeds `last` and always emits the model's token after it. Everything else
 it may feed is a bet:
 
-- **candidate tokens**, offered by three sources: the n-gram pool (`ngram_pool.py`:
+- **candidate tokens**, offered by three sources: the n-gram pool (`lookahead/ngram_pool.py`:
   n-grams read in the text or guessed by the window), the copy lookup (what followed the
   latest occurrence of the context's tail) and the memory (`memory.py`: what earlier
   requests produced after the same two tokens). A candidate token earns one token if it,
   and every token before it on its chain, is what greedy decoding emits there.
-- **the window** (`window.py`), whose rows emit nothing this step: they move the Jacobi
+- **the window** (`lookahead/window.py`), whose rows emit nothing this step: they move the Jacobi
   trajectory on, and the n-grams it yields may be accepted in later steps.
 
 **The rule.** Let p_i be the probability that node i of the merged candidate tree is
 right, g the tokens per step that the window's n-grams have been earning, and c(T, R)
 the price of a forward of T tokens with R rows of logits, in greedy steps (the cost curve
-measured on this machine, `autotune.CostCurve`). The nodes at one depth are different
+measured on this machine, `cost_curve.CostCurve`). The nodes at one depth are different
 tokens, so at most one of them is right, and verification accepts it exactly when it is.
 So a step feeding the node set K emits on average
 

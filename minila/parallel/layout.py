@@ -23,7 +23,7 @@ ranks pay for a longer block-0 prefix, so `cut_columns` gives them fewer columns
 
 Before `last`, a rank may feed `refeed` accepted tokens as a causal chain: the tokens
 the previous step accepted from a candidate, whose keys and values only the winning
-rank computed (see parallel.py). Everything after them sees them, as if committed.
+rank computed (see decoder.py). Everything after them sees them, as if committed.
 
     rows:  refeed chain | last | block-0 prefix | levels 1..L-1 of own columns | own candidate tree
 """
@@ -36,7 +36,7 @@ from typing import Sequence
 
 import torch
 
-from minila.masks import ancestor_mask, depths
+from minila.lookahead.masks import ancestor_mask, depths
 
 
 def rank_cost(start: int, stop: int, levels: int) -> int:

@@ -8,9 +8,9 @@ from typing import Sequence
 
 import torch
 
-from minila.generation import Choose, Generation, OnTokens, argmax, as_tensor, request_cache
-from minila.kv_cache import KVCache
-from minila.model import Transformer
+from minila.decoding.generation import Choose, Generation, OnTokens, argmax, as_tensor, request_cache
+from minila.llama.kv_cache import KVCache
+from minila.llama.model import Transformer
 
 
 @torch.inference_mode()

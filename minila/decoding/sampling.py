@@ -49,10 +49,10 @@ from typing import Sequence
 
 import torch
 
+from minila.decoding.generation import Generation, OnTokens
+from minila.decoding.greedy import autoregressive_generate
 from minila.errors import MinilaError
-from minila.generation import Generation, OnTokens
-from minila.greedy import autoregressive_generate
-from minila.model import Transformer
+from minila.llama.model import Transformer
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from minila.errors import MinilaError
-from minila.files import FIX, broken, config_value, first_line, read_json
-from minila.invariant import choose_forward
-from minila.model import Linear, ModelArgs, Transformer, rope_tables
-from minila.rope import KINDS as ROPE_KINDS
-from minila.rope import RopeScaling
-from minila.tokenizer import Tokenizer
+from minila.llama.files import FIX, broken, config_value, first_line, read_json
+from minila.llama.invariant import choose_forward
+from minila.llama.model import Linear, ModelArgs, Transformer, rope_tables
+from minila.llama.rope import KINDS as ROPE_KINDS
+from minila.llama.rope import RopeScaling
+from minila.llama.tokenizer import Tokenizer
 
 # ------------------------------------------------------------------------- options
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterable, Protocol
 
 from minila.errors import MinilaError
-from minila.files import broken, config_value, first_line, read_json, read_text
+from minila.llama.files import broken, config_value, first_line, read_json, read_text
 
 
 def _token_text(token: str | dict | None, path: Path, name: str) -> str | None:

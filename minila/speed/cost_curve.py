@@ -1,5 +1,4 @@
-"""The machine's side of `auto`: what a forward of T tokens costs here, and the limits
-within which the step budget (`budget.py`) chooses.
+"""The machine's side of `auto`: what a forward of T tokens costs here.
 
 A lookahead step feeds T tokens (last + window + candidate tree) and computes logits
 for R of them. Its price in greedy steps, c(T, R), is a property of the hardware. On a
@@ -10,15 +9,9 @@ On a 2-core CPU the matrix products become compute-bound after a few rows and c 
 forward of T tokens after a cache of typical length for T = 1, 2, 4 ... 128, plus the
 output head per extra row of logits, and interpolate. The measurement takes a few
 seconds and is kept in `~/.cache/minila/` (or $MINILA_CACHE) per model shape, device,
-dtype and thread count.
-
-What a step *emits* is a property of the text, and it changes from prompt to prompt and
-within one: so `auto` does not fix W, N, G from a table. It sets generous limits
-(`auto_config`: the widest window whose rows the curve prices within WINDOW_PRICE of a
-greedy step, N = 5, G = 8 pool n-grams and a copy of up to 16 tokens) and lets the
-step budget (`auto_budget`) decide before every step what to feed within them.
+dtype and thread count. The step budget (`budget.py`) prices its choices with it, and
+`lookahead/auto.py` sets the limits it chooses within.
 """
-
 from __future__ import annotations
 
 import hashlib
@@ -30,13 +23,7 @@ from pathlib import Path
 
 import torch
 
-from minila.budget import CostBudget
-from minila.lookahead import LookaheadConfig
-from minila.model import Transformer
-
-WINDOWS = (1, 2, 3, 5, 7, 10, 15)  # window sizes auto may pick, with N = AUTO_NGRAM
-AUTO_NGRAM, AUTO_GUESS, AUTO_COPY = 5, 8, 16
-WINDOW_PRICE = 1.25  # the most a window's rows may cost, in greedy steps, to be worth offering
+from minila.llama.model import Transformer
 
 
 @dataclass(frozen=True)
@@ -129,21 +116,3 @@ def cost_curve_for(model: Transformer) -> CostCurve:
     except OSError:  # a read-only home only costs a re-measurement next time
         pass
     return curve
-
-
-def choose_config(curve: CostCurve, seed: int = 0) -> LookaheadConfig:
-    """The limits `auto` decodes within (module docstring): on a flat curve the paper's
-    W=15, N=5; on a steep one a window of a column or two."""
-    n = AUTO_NGRAM
-    window = max(w for w in WINDOWS if w == 1 or curve.relative(w * (n - 1), w + 1) <= WINDOW_PRICE)
-    return LookaheadConfig(window=window, ngram=n, guess=AUTO_GUESS, copy=AUTO_COPY, seed=seed)
-
-
-def auto_config(model: Transformer, seed: int = 0) -> LookaheadConfig:
-    """W, N, G and copy limits for this model on this device and dtype."""
-    return choose_config(cost_curve_for(model), seed)
-
-
-def auto_budget(model: Transformer) -> CostBudget:
-    """The step budget priced by this model's cost curve on this machine."""
-    return CostBudget(cost_curve_for(model).relative)

@@ -4,7 +4,7 @@ Every rank holds the whole model and replicates the decoder's small state (windo
 pool, prompt lookup, the accepted text); only the forward pass is shared out. A step:
 
     1. every rank builds the same candidates from the same pool and cuts the step the
-       same way (parallel_layout.py): its window columns, its candidates, and the
+       same way (layout.py): its window columns, its candidates, and the
        accepted tokens it must re-feed;
     2. every rank runs its share in one forward: no communication, because a row only
        needs its own ancestors and every rank feeds those;
@@ -45,14 +45,14 @@ from typing import Sequence
 
 import torch
 
-from minila.generation import Generation, OnTokens, check_request, prefill
-from minila.layout import CandidateTree, candidate_tree
-from minila.lookahead import LookaheadConfig, gather_offers
-from minila.model import Transformer
-from minila.ngram_pool import ContextLookup, NGramPool
-from minila.parallel_layout import RankLayout, assign_candidates, cut_columns, rank_cost, rank_layout
-from minila.verify import verify
-from minila.window import LookaheadWindow
+from minila.decoding.generation import Generation, OnTokens, check_request, prefill
+from minila.llama.model import Transformer
+from minila.lookahead.layout import CandidateTree, candidate_tree
+from minila.lookahead.loop import LookaheadConfig, gather_offers
+from minila.lookahead.ngram_pool import ContextLookup, NGramPool
+from minila.lookahead.verify import verify
+from minila.lookahead.window import LookaheadWindow
+from minila.parallel.layout import RankLayout, assign_candidates, cut_columns, rank_cost, rank_layout
 
 
 @dataclass

@@ -33,15 +33,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from minila.budget import FULL, Budget
+from minila.decoding.generation import Generation, OnTokens, argmax
+from minila.decoding.greedy import autoregressive_generate, greedy_generate
+from minila.decoding.sampling import Sampler, SamplingConfig
 from minila.errors import MinilaError
-from minila.generation import Generation, OnTokens, argmax
-from minila.greedy import autoregressive_generate, greedy_generate
-from minila.kv_cache import KVCache
-from minila.lookahead import LookaheadConfig, lookahead_generate
-from minila.model import Transformer
-from minila.sampling import Sampler, SamplingConfig
-from minila.tokenizer import Tokenizer
+from minila.llama.kv_cache import KVCache
+from minila.llama.model import Transformer
+from minila.llama.tokenizer import Tokenizer
+from minila.lookahead.loop import LookaheadConfig, lookahead_generate
+from minila.speed.budget import FULL, Budget
 
 # decode(model, prompt_ids, max_new_tokens, eos_ids, on_tokens, cache) -> Generation
 Decoder = Callable[[Transformer, Sequence[int], int, Sequence[int], OnTokens, KVCache], Generation]

@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minila.attention import InvariantAttention, PlainAttention
 from minila.errors import MinilaError
-from minila.model import Linear, Transformer
+from minila.llama.attention import InvariantAttention, PlainAttention
+from minila.llama.model import Linear, Transformer
 
 MAX_INNER = 1024  # oneDNN's products are row-invariant up to this inner length (longer ones: sliced)
 MAX_ROWS = 32  # ... and up to this many rows per call (more: AMX tiles in bfloat16; fed in chunks)

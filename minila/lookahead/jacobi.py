@@ -27,9 +27,9 @@ from typing import Sequence
 
 import torch
 
-from minila.generation import Generation, OnTokens, as_tensor, check_request, prefill
-from minila.model import Transformer
-from minila.verify import verify
+from minila.decoding.generation import Generation, OnTokens, as_tensor, check_request, prefill
+from minila.llama.model import Transformer
+from minila.lookahead.verify import verify
 
 
 @dataclass

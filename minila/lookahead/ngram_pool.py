@@ -5,7 +5,7 @@ order. Adding a continuation that is already there moves it to the back (most
 recent); adding one to a full key drops the oldest. A step verifies the continuations
 of `last`, most recent first.
 
-Each continuation also keeps its evidence, for the step budget (`budget.py`): how many
+Each continuation also keeps its evidence, for the step budget (`speed/budget.py`): how many
 times it was added, and whether it was ever read in the text (prompt or output) or
 only guessed by the window's Jacobi trajectory.
 """

@@ -25,17 +25,17 @@ from typing import Sequence
 
 import torch
 
-from minila.budget import FULL, Acceptance, Budget, Offer
+from minila.decoding.generation import Choose, Generation, OnTokens, argmax, prefill, request_cache
+from minila.decoding.sampling import Sampler, SamplingConfig
 from minila.errors import MinilaError
-from minila.generation import Choose, Generation, OnTokens, argmax, prefill, request_cache
-from minila.kv_cache import KVCache
-from minila.layout import candidate_tree, step_layout
-from minila.memory import NGramMemory
-from minila.model import Transformer
-from minila.ngram_pool import ContextLookup, NGramPool
-from minila.sampling import Sampler, SamplingConfig
-from minila.verify import verify
-from minila.window import LookaheadWindow
+from minila.llama.kv_cache import KVCache
+from minila.llama.model import Transformer
+from minila.lookahead.layout import candidate_tree, step_layout
+from minila.lookahead.ngram_pool import ContextLookup, NGramPool
+from minila.lookahead.verify import verify
+from minila.lookahead.window import LookaheadWindow
+from minila.speed.budget import FULL, Acceptance, Budget, Offer
+from minila.speed.memory import NGramMemory
 
 
 @dataclass(frozen=True)

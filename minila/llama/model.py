@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minila.attention import AttentionPlan, PlainAttention
-from minila.kv_cache import KVCache
-from minila.rope import RopeScaling, inv_frequencies
+from minila.llama.attention import AttentionPlan, PlainAttention
+from minila.llama.kv_cache import KVCache
+from minila.llama.rope import RopeScaling, inv_frequencies
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minila.model import ModelArgs, packable_dtypes
+from minila.llama.model import ModelArgs, packable_dtypes
 
 
 @dataclass(frozen=True)

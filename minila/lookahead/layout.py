@@ -31,7 +31,7 @@ from typing import Sequence
 
 import torch
 
-from minila.masks import ancestor_mask, depths
+from minila.lookahead.masks import ancestor_mask, depths
 
 LAST, LOOKAHEAD, VERIFY = 0, 1, 2  # branch ids
 
