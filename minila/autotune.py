@@ -33,6 +33,7 @@ import torch
 from minila.budget import CostBudget
 from minila.lookahead import LookaheadConfig
 from minila.model import Transformer
+from minila.user_files import cache_root
 
 WINDOWS = (1, 2, 3, 5, 7, 10, 15)  # window sizes auto may pick, with N = AUTO_NGRAM
 AUTO_NGRAM, AUTO_GUESS, AUTO_COPY = 5, 8, 16
@@ -107,7 +108,7 @@ def measure_cost_curve(
 
 
 def _cache_file(model: Transformer) -> Path:
-    root = Path(os.environ.get("MINILA_CACHE", Path.home() / ".cache" / "minila"))
+    root = cache_root()
     kernel = getattr(getattr(model, "attention_kernel", None), "name", "plain")  # the invariant path costs more
     key = json.dumps([asdict(model.args), str(model.device), str(model.dtype), torch.get_num_threads(), torch.__version__, kernel])
     return root / f"cost-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"

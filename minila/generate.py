@@ -23,13 +23,16 @@ from minila.autotune import auto_budget, auto_config
 from minila.budget import FULL
 from minila.checkpoint import load_checkpoint
 from minila.errors import MinilaError
+from minila.files import first_line
 from minila.generation import Generation, OnTokens, check_request
 from minila.greedy import greedy_generate
+from minila.invariant import guarantee
 from minila.jacobi import jacobi_generate
 from minila.launch import launched_by_torchrun
 from minila.lookahead import LookaheadConfig, lookahead_generate
-from minila.memory import NGramMemory, default_path, tokenizer_fingerprint
+from minila.memory import NGramMemory, default_path, tokenizer_fingerprint, warn_stderr
 from minila.sampling import SamplingConfig, sample_generate
+from minila.user_files import cache_root, unwritable
 
 DEFAULT_PROMPT = "Write a short poem about the sea."
 HIGHLIGHT, RESET = "\033[1;36m", "\033[0m"
@@ -156,6 +159,12 @@ def make_printer(tokenizer, color: bool) -> tuple[OnTokens, Callable[[], None]]:
 
 def run(args: argparse.Namespace) -> dict | None:
     sampling = check_options(args)
+    memory_path = None
+    if args.memory != "off" and args.mode in ("lookahead", "compare") and not args.interactive:
+        memory_path = default_path(tokenizer_fingerprint(args.ckpt)) if args.memory == "auto" else Path(args.memory)
+        if problem := unwritable(memory_path):  # before the load: an unusable path costs no work
+            where = "--memory" if args.memory != "auto" else f"the n-gram memory in {cache_root()} ($MINILA_CACHE)"
+            raise MinilaError(f"{where}: {memory_path} {problem}; give a writable file path, or --memory off")
     model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype, forward=args.forward)
     if args.threads:  # after the checks: a failed run changes nothing
         torch.set_num_threads(args.threads)
@@ -165,11 +174,9 @@ def run(args: argparse.Namespace) -> dict | None:
 
         config = lookahead_config(args, model) if args.mode == "lookahead" else None
         return chat(model, tokenizer, config, sampling, args.max_new_tokens, args.system, make_printer)
-    memory_path = memory = None
-    if args.memory != "off" and args.mode in ("lookahead", "compare"):
-        fingerprint = tokenizer_fingerprint(args.ckpt)
-        memory_path = default_path(fingerprint) if args.memory == "auto" else Path(args.memory)
-        memory = NGramMemory.load(memory_path, fingerprint, model.args.vocab_size)
+    memory = None
+    if memory_path is not None:
+        memory = NGramMemory.load(memory_path, tokenizer_fingerprint(args.ckpt), model.args.vocab_size)
     if args.no_chat:
         prompt_ids = tokenizer.encode(args.prompt)
     else:
@@ -194,9 +201,15 @@ def run(args: argparse.Namespace) -> dict | None:
         return gen
 
     def save_memory(result: dict) -> None:
-        if memory is not None:
+        """After the answer is out: a failed save costs this run's n-grams, not the answer."""
+        if memory is None:
+            return
+        try:
             memory.save(memory_path)
-            result["memory"] = {"path": str(memory_path), "entries": len(memory)}
+        except OSError as e:
+            warn_stderr(f"the n-gram memory was not saved to {memory_path} ({e.strerror or first_line(e)})")
+            return
+        result["memory"] = {"path": str(memory_path), "entries": len(memory)}
 
     # one short untimed run, so that the first timed one does not pay for warm-up
     greedy_generate(model, prompt_ids[-8:], 2)
@@ -206,13 +219,13 @@ def run(args: argparse.Namespace) -> dict | None:
         if config is not None:
             result["config"] = asdict(config)
             result["budget"] = args.budget
-            save_memory(result)
         if not args.json:
             print(
                 f"[{args.mode}] {len(gen.tokens)} new tokens in {gen.steps} steps "
                 f"(compression {gen.compression:.2f}), {gen.seconds:.2f} s, {gen.tokens_per_second:.1f} tok/s"
                 + (f", {config.label}, {args.budget} budget" if config else "")
             )
+        save_memory(result)
         return result
 
     greedy = decode("greedy", stream=False)
@@ -229,16 +242,18 @@ def run(args: argparse.Namespace) -> dict | None:
         "greedy": summary(greedy),
         "config": asdict(config),
         "budget": args.budget,
+        "guarantee": guarantee(model),
     }
-    save_memory(result)
     if not args.json:
         print(
             f"[greedy]    {len(greedy.tokens)} tokens, {greedy.steps} steps, {greedy.tokens_per_second:.1f} tok/s\n"
             f"[lookahead] {len(look.tokens)} tokens, {look.steps} steps (compression {look.compression:.2f}), "
             f"{look.tokens_per_second:.1f} tok/s, {config.label}, {args.budget} budget\n"
             f"identical to greedy: {'yes' if div is None else f'NO, first divergence at token {div}'}; "
-            f"speedup {speedup:.2f}x"
+            f"speedup {speedup:.2f}x\n"
+            f"guarantee: {result['guarantee']}"
         )
+    save_memory(result)
     return result
 
 

@@ -104,6 +104,21 @@ def packable_dtypes() -> tuple[torch.dtype, ...]:
     return tuple(dtypes)
 
 
+# what oneDNN (torch's check before it packs) wants of the CPU for each half-precision dtype
+NATIVE_NEEDS = {torch.bfloat16: "avx512bw, avx512vl and avx512dq, or avx_ne_convert",
+                torch.float16: "avx512_fp16, amx_fp16 or avx_ne_convert"}  # fmt: skip
+
+
+def not_native(dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why `dtype` products are not native here (None: they are, or it is not a half
+    dtype, or not a CPU). Without native products a half dtype runs on slow generic
+    loops whose rounding nothing here has checked: load_checkpoint refuses it."""
+    if device.type != "cpu" or dtype not in NATIVE_NEEDS or dtype in packable_dtypes():
+        return None
+    name = str(dtype).removeprefix("torch.")
+    return f"{name} products are not native on this CPU (oneDNN needs {NATIVE_NEEDS[dtype]}); use --dtype float32"
+
+
 class Linear(nn.Linear):
     """A bias-free nn.Linear whose weight can instead be kept pre-packed for the CPU.
 
