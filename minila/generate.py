@@ -219,6 +219,7 @@ def run(args: argparse.Namespace) -> dict | None:
         if config is not None:
             result["config"] = asdict(config)
             result["budget"] = args.budget
+            result["guarantee"] = guarantee(model)
         if not args.json:
             print(
                 f"[{args.mode}] {len(gen.tokens)} new tokens in {gen.steps} steps "

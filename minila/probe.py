@@ -127,11 +127,14 @@ def probe_attention(args: ModelArgs, dtype: torch.dtype, gen: torch.Generator) -
             plan = kernel.plan(mask, torch.arange(p, p + t), p)
             return plan.attend(q[:, p : p + t], keys[:, : p + t], values[:, : p + t])
 
-        for p in CACHED:
-            alone = torch.cat([attend(p + i, 1) for i in range(max(STEPS))], dim=1)  # one-token steps: (H, T, hd)
-            if not all(torch.equal(attend(p, t), alone[:, :t]) for t in STEPS):
-                break
-        else:
+        alone: dict[int, torch.Tensor] = {}  # position -> its one-token step's result, (H, 1, hd)
+
+        def one_token_steps(p: int, t: int) -> torch.Tensor:  # (H, T, hd)
+            for i in range(p, p + t):
+                alone.setdefault(i, attend(i, 1))
+            return torch.cat([alone[i] for i in range(p, p + t)], dim=1)
+
+        if all(torch.equal(attend(p, t), one_token_steps(p, t)) for p in CACHED for t in STEPS):
             return tile
     return None
 
