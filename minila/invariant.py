@@ -81,15 +81,18 @@ class SiluByRows:
         return in_row_chunks(F.silu, x, max(1, min(self.rows, GRAIN // x.shape[-1])))
 
 
-class NormByRows(nn.Module):
-    """An RMSNorm fed at most `rows` rows per call (what the probe found invariant here)."""
+class NormByRows(RMSNorm):
+    """An RMSNorm fed at most `rows` rows per call (what the probe found invariant here).
+    `by_rows` turns a model's RMSNorm into one in place: same weight, same name."""
 
-    def __init__(self, norm: nn.Module, rows: int) -> None:
-        super().__init__()
-        self.norm, self.rows = norm, rows
+    rows: int
+
+    @staticmethod
+    def by_rows(norm: RMSNorm, rows: int) -> None:
+        norm.__class__, norm.rows = NormByRows, rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return in_row_chunks(self.norm, x, self.rows)
+        return in_row_chunks(super().forward, x, self.rows)
 
 
 class InvariantLinear(nn.Module):
@@ -176,7 +179,7 @@ def make_width_invariant(model: Transformer, chunking: Chunking | None = None) -
                 rows, inner = chunking.product(child.in_features, child.out_features)
                 setattr(module, name, InvariantLinear(child, max_inner=inner, max_rows=rows))
             elif isinstance(child, RMSNorm):
-                setattr(module, name, NormByRows(child, chunking.norm_rows))
+                NormByRows.by_rows(child, chunking.norm_rows)
     return model
 
 

@@ -2,7 +2,9 @@
 every row of a wide forward equals, bit for bit, the row of the same token fed one
 token at a time after its chain (greedy decoding's forward), so lookahead equals greedy
 bitwise in bfloat16. Oracles: the one-token-at-a-time forward, and the plain kernel
-(same values to rounding; tightly in float64).
+(same values to rounding; tightly in float64). Every check runs with the chunking the
+probe (probe.py) picks on the machine that runs it, in the dtypes that machine runs the
+invariant forward in; facts about one CPU's kernels are skipped, naming it, elsewhere.
 """
 
 from __future__ import annotations
