@@ -57,6 +57,7 @@ def test_the_memory_file_is_used_merged_and_survives_damage(make_tiny_llama, cap
 
 def test_an_unusable_memory_path_is_refused_before_any_work(make_tiny_llama, capsys, tmp_path, monkeypatch):
     folder, _ = make_tiny_llama()
+    capsys.readouterr()  # the fixture's progress bars
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     argv = ["--ckpt", str(folder), "--prompt", "hi", "--max-new-tokens", "4", "--device", "cpu"]

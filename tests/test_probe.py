@@ -75,5 +75,5 @@ def test_without_native_bfloat16_loading_and_the_cli_refuse_in_one_line(monkeypa
     assert choose_forward(model, "auto").attention_kernel.name == "plain"  # auto: what works
     with pytest.raises(MinilaError, match="not native"):
         make_width_invariant(model)
-    model, _ = load_checkpoint(folder, device="cpu", dtype="float32", forward="invariant")  # float32 still is
-    assert model.attention_kernel.name == "invariant"
+    assert load_checkpoint(folder, device="cpu", dtype="float32")[0].attention_kernel.name == "plain"  # float32 loads
+    assert choose_forward(tiny_model(0, dim=64, dtype=torch.float32), "invariant").attention_kernel.name == "invariant"
