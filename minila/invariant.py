@@ -134,9 +134,10 @@ class InvariantLinear(nn.Module):
 
 def invariant_ok(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the invariant forward can run here: bfloat16 or float32 on a CPU whose
-    oneDNN pre-packs products in that dtype (bfloat16: AVX512-BF16, AMX or avx_ne_convert;
-    model.packable_dtypes). Whether it is then invariant, the probe says (probe.py)."""
-    return device.type == "cpu" and dtype in (torch.bfloat16, torch.float32) and dtype in packable_dtypes()
+    oneDNN pre-packs products in that dtype, natively (bfloat16: AVX512-BF16 or AMX;
+    model.not_native). Whether it is then invariant, the probe says (probe.py)."""
+    cpu = device.type == "cpu" and dtype in (torch.bfloat16, torch.float32) and dtype in packable_dtypes()
+    return cpu and not not_native(dtype, device)
 
 
 def why_not_invariant(dtype: torch.dtype, device: torch.device) -> str:

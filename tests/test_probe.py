@@ -23,7 +23,7 @@ pytestmark = pytest.mark.isa
 @given(st.integers(2, 40), st.integers(1, 40))
 def test_rows_alone_finds_the_first_row_count_that_changes_a_row(rows, breaks_at):
     """A fake kernel that rounds every row differently once a call has `breaks_at` rows."""
-    x = torch.arange(rows * 3, dtype=torch.float32).view(rows, 3)
+    x = torch.arange(2 * rows * 3, dtype=torch.float32).view(2 * rows, 3)  # each call size reads its own window
 
     def kernel(chunk: torch.Tensor) -> torch.Tensor:
         return chunk + (0.5 if chunk.shape[0] >= breaks_at > 1 else 0.0)
@@ -66,7 +66,7 @@ def test_without_native_bfloat16_loading_and_the_cli_refuse_in_one_line(monkeypa
     capsys.readouterr()  # the fixture's progress bars
     from minila.checkpoint import load_checkpoint
 
-    with pytest.raises(MinilaError, match=r"bfloat16 products are not native on this CPU .*avx512bw.*--dtype float32"):
+    with pytest.raises(MinilaError, match=r"bfloat16 products are not native on this CPU .*avx512_bf16.*--dtype float32"):
         load_checkpoint(folder, device="cpu", dtype="bfloat16")
     assert main(["--ckpt", str(folder), "--dtype", "bfloat16", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
