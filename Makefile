@@ -10,7 +10,7 @@ PROMPT ?= Explain in three sentences why the sky is blue.
 # the CI machine and the numbers in DESIGN.md use 2 threads
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install weights demo test test-quick bench bench-data tutorial lint clean
+.PHONY: install weights demo test test-isa test-quick bench bench-data tutorial lint clean
 
 install: .venv/.installed
 
@@ -39,9 +39,22 @@ $(CKPT)/model.safetensors: .venv/.installed minila/llama/convert.py
 demo: weights
 	$(PY) -m minila.generate --ckpt $(CKPT) --prompt "$(PROMPT)" --mode compare
 
-# every test and every tutorial notebook (executed by nbmake); CI runs exactly this
+# every test and every tutorial notebook (executed by nbmake), then the exactness tests
+# under each smaller CPU class this one can stand in for; CI runs exactly this
 test: weights bench-data
 	$(PY) -m pytest -q tests --nbmake tutorial
+	@$(MAKE) --no-print-directory test-isa
+
+# The exactness tests (marked `isa`, with fewer hypothesis examples) once per CPU class
+# below this one: torch, oneDNN and MKL capped by their switches (minila/llama/probe.py's
+# STAND_INS), so that an AVX-512 machine also checks the kernels an AVX2 laptop runs.
+# Nothing to do on an AVX2 CPU. See README ("What identical to greedy rests on").
+test-isa: .venv/.installed
+	@$(PY) -c "from minila.llama.probe import stand_ins; [print(k, v) for k, v in stand_ins().items()]" | \
+	while read -r isa switches; do \
+	  echo "test-isa: the exactness tests as on an $$isa CPU ($$switches)"; \
+	  env $$switches MINILA_ISA_RUN=$$isa $(PY) -m pytest -q -p no:cacheprovider -m isa tests || exit 1; \
+	done
 
 test-quick: weights bench-data
 	$(PY) -m pytest -q -m "not slow" tests

@@ -13,7 +13,7 @@ import torch
 from minila.errors import MinilaError
 from minila.llama import checkpoint
 from minila.llama.checkpoint import args_from_hf_config, load_checkpoint, resolve_device, resolve_dtype
-from minila.llama.model import packable_dtypes
+from minila.llama.model import not_native, packable_dtypes
 
 SMOLLM_CONFIG = {
     "architectures": ["LlamaForCausalLM"],
@@ -139,6 +139,7 @@ def test_tiny_llama_float64_weights_are_exact(make_tiny_llama):
     torch.testing.assert_close(minila_logits(model, IDS), hf_logits(hf.double(), IDS), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif(bool(not_native(torch.bfloat16, torch.device("cpu"))), reason=f"{not_native(torch.bfloat16, torch.device('cpu'))}")
 def test_bfloat16_keeps_rope_tables_in_float32(make_tiny_llama):
     folder, _ = make_tiny_llama()
     model, _ = load_checkpoint(folder, device="cpu", dtype="bfloat16", pack=False)

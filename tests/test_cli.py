@@ -56,6 +56,41 @@ def test_the_memory_file_is_used_merged_and_survives_damage(make_tiny_llama, cap
     assert "memory" not in json.loads(capsys.readouterr().out)
 
 
+def test_an_unusable_memory_path_is_refused_before_any_work(make_tiny_llama, capsys, tmp_path, monkeypatch):
+    folder, _ = make_tiny_llama()
+    capsys.readouterr()  # the fixture's progress bars
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    argv = ["--ckpt", str(folder), "--prompt", "hi", "--max-new-tokens", "4", "--device", "cpu"]
+    for memory, what in ((tmp_path, "is a folder"), (a_file / "sub" / "m.json", "cannot be written")):
+        assert main([*argv, "--memory", str(memory)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.startswith("error: --memory") and what in captured.err
+        assert captured.err.count("\n") == 1
+    monkeypatch.setenv("MINILA_CACHE", str(a_file / "cache"))  # where nothing can be created
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the n-gram memory") and "MINILA_CACHE" in err and err.count("\n") == 1
+    assert main([*argv, "--memory", "off", "--json"]) == 0  # the cost curve then is only not kept
+
+
+def test_a_save_that_fails_after_the_answer_is_one_warning(make_tiny_llama, capsys, tmp_path, monkeypatch):
+    folder, _ = make_tiny_llama()
+    path = tmp_path / "gone" / "m.json"
+
+    def vanish(self, target, warn=None):  # the folder removed while the answer was computed
+        raise FileNotFoundError(2, "No such file or directory", str(target))
+
+    monkeypatch.setattr("minila.memory.NGramMemory.save", vanish)
+    argv = ["--ckpt", str(folder), "--prompt", "hi", "--max-new-tokens", "6", "--memory", str(path)]
+    out = run_json(capsys, *argv, "--mode", "compare")
+    assert out["identical"] and len(out["tokens"]) == 6 and "memory" not in out
+    assert main([*argv, "--device", "cpu"]) == 0  # streamed: the stats line, then the warning
+    captured = capsys.readouterr()
+    assert "[lookahead] 6 new tokens" in captured.out
+    assert captured.err.count("\n") == 1 and captured.err.startswith("warning: the n-gram memory was not saved")
+
+
 def test_streaming_prints_text_and_stats(make_tiny_llama, capsys):
     folder, _ = make_tiny_llama()
     capsys.readouterr()

@@ -24,12 +24,15 @@ from minila.decoding.greedy import greedy_generate
 from minila.decoding.sampling import SamplingConfig, sample_generate
 from minila.errors import MinilaError
 from minila.llama.checkpoint import load_checkpoint
+from minila.llama.files import first_line
+from minila.llama.invariant import guarantee
 from minila.lookahead.auto import auto_budget
 from minila.lookahead.jacobi import jacobi_generate
 from minila.lookahead.loop import lookahead_generate
 from minila.parallel.launch import launched_by_torchrun
 from minila.speed.budget import FULL
-from minila.speed.memory import NGramMemory, default_path, tokenizer_fingerprint
+from minila.speed.memory import NGramMemory, default_path, tokenizer_fingerprint, warn_stderr
+from minila.user_files import cache_root, unwritable
 
 DEFAULT_PROMPT = "Write a short poem about the sea."
 
@@ -101,6 +104,12 @@ def check_options(args: argparse.Namespace) -> SamplingConfig | None:
 
 def run(args: argparse.Namespace) -> dict | None:
     sampling = check_options(args)
+    memory_path = None
+    if args.memory != "off" and args.mode in ("lookahead", "compare") and not args.interactive:
+        memory_path = default_path(tokenizer_fingerprint(args.ckpt)) if args.memory == "auto" else Path(args.memory)
+        if problem := unwritable(memory_path):  # before the load: an unusable path costs no work
+            where = "--memory" if args.memory != "auto" else f"the n-gram memory in {cache_root()} ($MINILA_CACHE)"
+            raise MinilaError(f"{where}: {memory_path} {problem}; give a writable file path, or --memory off")
     model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype, forward=args.forward)
     if args.threads:  # after the checks: a failed run changes nothing
         torch.set_num_threads(args.threads)
@@ -110,11 +119,9 @@ def run(args: argparse.Namespace) -> dict | None:
 
         config = lookahead_config(args, model) if args.mode == "lookahead" else None
         return chat(model, tokenizer, config, sampling, args.max_new_tokens, args.system, make_printer)
-    memory_path = memory = None
-    if args.memory != "off" and args.mode in ("lookahead", "compare"):
-        fingerprint = tokenizer_fingerprint(args.ckpt)
-        memory_path = default_path(fingerprint) if args.memory == "auto" else Path(args.memory)
-        memory = NGramMemory.load(memory_path, fingerprint, model.args.vocab_size)
+    memory = None
+    if memory_path is not None:
+        memory = NGramMemory.load(memory_path, tokenizer_fingerprint(args.ckpt), model.args.vocab_size)
     if args.no_chat:
         prompt_ids = tokenizer.encode(args.prompt)
     else:
@@ -139,9 +146,15 @@ def run(args: argparse.Namespace) -> dict | None:
         return gen
 
     def save_memory(result: dict) -> None:
-        if memory is not None:
+        """After the answer is out: a failed save costs this run's n-grams, not the answer."""
+        if memory is None:
+            return
+        try:
             memory.save(memory_path)
-            result["memory"] = {"path": str(memory_path), "entries": len(memory)}
+        except OSError as e:
+            warn_stderr(f"the n-gram memory was not saved to {memory_path} ({e.strerror or first_line(e)})")
+            return
+        result["memory"] = {"path": str(memory_path), "entries": len(memory)}
 
     # one short untimed run, so that the first timed one does not pay for warm-up
     greedy_generate(model, prompt_ids[-8:], 2)
@@ -151,13 +164,14 @@ def run(args: argparse.Namespace) -> dict | None:
         if config is not None:
             result["config"] = asdict(config)
             result["budget"] = args.budget
-            save_memory(result)
+            result["guarantee"] = guarantee(model)
         if not args.json:
             print(
                 f"[{args.mode}] {len(gen.tokens)} new tokens in {gen.steps} steps "
                 f"(compression {gen.compression:.2f}), {gen.seconds:.2f} s, {gen.tokens_per_second:.1f} tok/s"
                 + (f", {config.label}, {args.budget} budget" if config else "")
             )
+        save_memory(result)
         return result
 
     greedy = decode("greedy", stream=False)
@@ -174,16 +188,18 @@ def run(args: argparse.Namespace) -> dict | None:
         "greedy": summary(greedy),
         "config": asdict(config),
         "budget": args.budget,
+        "guarantee": guarantee(model),
     }
-    save_memory(result)
     if not args.json:
         print(
             f"[greedy]    {len(greedy.tokens)} tokens, {greedy.steps} steps, {greedy.tokens_per_second:.1f} tok/s\n"
             f"[lookahead] {len(look.tokens)} tokens, {look.steps} steps (compression {look.compression:.2f}), "
             f"{look.tokens_per_second:.1f} tok/s, {config.label}, {args.budget} budget\n"
             f"identical to greedy: {'yes' if div is None else f'NO, first divergence at token {div}'}; "
-            f"speedup {speedup:.2f}x"
+            f"speedup {speedup:.2f}x\n"
+            f"guarantee: {result['guarantee']}"
         )
+    save_memory(result)
     return result
 
 

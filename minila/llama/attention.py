@@ -28,7 +28,10 @@ same token, and lookahead *is* greedy in any dtype. The argument:
    products (what `torch.matmul` runs in bfloat16 on a CPU) and MKL's float32 ones
    have this property for the short inner lengths used here (head_dim, BLOCK), as
    long as a call has at least 4 rows and 2 columns (smaller ones take other kernels),
-   so `_product` never makes a smaller one.
+   so `_product` never makes a smaller one. MKL's AVX2 kernels (an AVX2 CPU, or
+   MKL_ENABLE_INSTRUCTIONS=AVX2) do not: they sum a row in another order once a call
+   has 8 rows or 16 columns. There every product is made a batch of equal tiles
+   (4 x 16), one shape whatever T and P are. probe.py finds which a CPU needs.
 3. Softmax over the row's scores by absolute position, padded with -inf up to a
    multiple of BLOCK (>= 16 lanes). PyTorch's last-dim softmax handles each row alone:
    an exact max, exp by vector code on every element (tails too), a sum whose lane k
@@ -63,20 +66,35 @@ _ONEDNN_MIN = 16 * 16 * 16
 MIN_ROWS = 4  # the fewest rows of an attention product (see _product)
 
 
-def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _product(a: torch.Tensor, b: torch.Tensor, tile: tuple[int, int] = (MIN_ROWS, 0)) -> torch.Tensor:
     """torch.matmul(a, b), never in a shape that takes a special kernel, so that a
-    one-token step takes the same kernel as a wide one: zero rows are appended to `a`
-    up to MIN_ROWS (MKL's float32 kernels for one to three rows sum in other orders) or
-    until oneDNN takes a bfloat16 product (below that PyTorch runs its own loop), and
-    a zero column to a one-column `b` (a matrix-vector product). The kernels compute
-    each row and column alone, so the padding changes no bit of the rest."""
+    one-token step takes the same kernel as a wide one. `tile` = (rows, 0): zero rows
+    are appended to `a` up to `rows` (MKL's float32 kernels for one to three rows sum
+    in other orders) or until oneDNN takes a bfloat16 product (below that PyTorch runs
+    its own loop), and a zero column to a one-column `b` (a matrix-vector product).
+    The kernels compute each row and column alone, so the padding changes no bit of
+    the rest. `tile` = (rows, cols): where a kernel's order follows the whole call's
+    shape (MKL's AVX2 kernels do), every call is a batch of equal rows x cols tiles."""
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    if tile[1]:
+        return _tiled_product(a, b, *tile)
     if n == 1:
-        return _product(a, F.pad(b, (0, 1)))[..., :1]
-    need = max(MIN_ROWS, _ONEDNN_MIN // (k * n) + 1)
+        return _product(a, F.pad(b, (0, 1)), tile)[..., :1]
+    need = max(tile[0], _ONEDNN_MIN // (k * n) + 1)
     if m >= need:
         return torch.matmul(a, b)
     return torch.matmul(F.pad(a, (0, 0, 0, need - m)), b)[..., :m, :]
+
+
+def _tiled_product(a: torch.Tensor, b: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """a @ b as one batch of (rows, k) @ (k, cols) products, zero-padded to whole tiles:
+    the kernel sees one shape whatever the step's width and the cache's length."""
+    m, n = a.shape[-2], b.shape[-1]
+    mp, np_ = -(-m // rows) * rows, -(-n // cols) * cols
+    a = F.pad(a, (0, 0, 0, mp - m)).unflatten(-2, (mp // rows, rows)).unsqueeze(-3)  # (..., M/r, 1, r, k)
+    b = F.pad(b, (0, np_ - n)).unflatten(-1, (np_ // cols, cols)).movedim(-2, -3).unsqueeze(-4)  # (..., 1, N/c, k, c)
+    out = torch.matmul(a, b).transpose(-3, -2)  # (..., M/r, r, N/c, c)
+    return out.reshape(*out.shape[:-4], mp, np_)[..., :m, :n]
 
 
 class AttentionPlan:
@@ -121,6 +139,7 @@ class _InvariantPlan(AttentionPlan):
     slots: torch.Tensor  # (T, L) long: the cache slot of each position 0..L-1 a row sees (0 where hidden)
     hidden: torch.Tensor  # (T, L) bool: positions the row does not see (past it, or not its ancestor)
     own: torch.Tensor  # (T * (L - start),) long: slots of the per-row blocks' positions, P + T (a zero row) where hidden
+    tile: tuple[int, int]  # how products are shaped (see _product)
 
     def attend(self, q, keys, values):
         n_heads, t, hd = q.shape
@@ -132,7 +151,7 @@ class _InvariantPlan(AttentionPlan):
         acc = torch.promote_types(q.dtype, torch.float32)  # softmax and block sums: float32 at least
 
         # 2. scores against every slot, then each row's laid out by position 0..L-1
-        scores = _product(qg, keys.transpose(1, 2)).to(acc) * hd**-0.5  # (Hkv, gT, P+T)
+        scores = _product(qg, keys.transpose(1, 2), self.tile).to(acc) * hd**-0.5  # (Hkv, gT, P+T)
         scores = scores.view(n_kv, g, t, -1)  # (Hkv, g, T, P+T): every head of a group reads the same slots
         by_position = scores.gather(3, self.slots.expand(n_kv, g, -1, -1)).masked_fill_(self.hidden, float("-inf"))
         # 3. softmax over positions 0..L-1
@@ -143,21 +162,24 @@ class _InvariantPlan(AttentionPlan):
             shared, start, values = length // BLOCK, length, F.pad(values, (0, 0, 0, length - p - 1))  # zeros past it
         v_shared = values[:, :start].view(n_kv, shared, BLOCK, hd)
         p_shared = probs[..., :start].view(n_kv, g * t, shared, BLOCK).transpose(1, 2)  # (Hkv, nS, gT, B)
-        part_shared = _product(p_shared, v_shared)  # (Hkv, nS, gT, hd)
+        part_shared = _product(p_shared, v_shared, self.tile)  # (Hkv, nS, gT, hd)
         parts = part_shared.view(n_kv, shared, g, t, hd).permute(0, 2, 3, 1, 4)  # (Hkv, g, T, nS, hd)
         if start < length:  # ... and the rest per row: the committed tail, the row's ancestors, zeros
             v_own = F.pad(values, (0, 0, 0, 1)).index_select(1, self.own)  # hidden positions read the zero row
             v_own = v_own.view(n_kv, t, -1, BLOCK, hd)  # (Hkv, T, nO, B, hd)
             p_own = probs[..., start:].reshape(n_kv, g, t, -1, BLOCK).permute(0, 2, 3, 1, 4)  # (Hkv, T, nO, g, B)
-            part_own = _product(p_own, v_own)  # (Hkv, T, nO, g, hd)
+            part_own = _product(p_own, v_own, self.tile)  # (Hkv, T, nO, g, hd)
             parts = torch.cat([parts, part_own.permute(0, 3, 1, 2, 4)], dim=3)  # (Hkv, g, T, blocks, hd), block order
         total = parts.to(acc).cumsum(dim=3)[:, :, :, -1]  # sequential sum over blocks: (Hkv, g, T, hd)
         return total.reshape(n_heads, t, hd).to(q.dtype)
 
 
+@dataclass(frozen=True)
 class InvariantAttention:
-    """Each row's result independent of the step's width (see the module docstring)."""
+    """Each row's result independent of the step's width (see the module docstring).
+    `tile`: how its products are shaped (see _product); probe.py finds what this CPU needs."""
 
+    tile: tuple[int, int] = (MIN_ROWS, 0)
     name = "invariant"
 
     def plan(self, mask: torch.Tensor, positions: torch.Tensor, committed: int) -> AttentionPlan:
@@ -173,4 +195,4 @@ class InvariantAttention:
         hidden = torch.cat([mask.new_zeros(t, committed), ~mask.gather(1, order), mask.new_ones(t, length - committed - d)], 1)
         start = committed // BLOCK * BLOCK  # where the per-row blocks begin (see attend)
         own = slots[:, start:].masked_fill(hidden[:, start:], committed + t).flatten()
-        return _InvariantPlan(committed, slots.masked_fill(hidden, 0), hidden, own)
+        return _InvariantPlan(committed, slots.masked_fill(hidden, 0), hidden, own, self.tile)

@@ -22,7 +22,7 @@ import torch
 from minila.errors import MinilaError
 from minila.llama.files import FIX, broken, config_value, first_line, read_json
 from minila.llama.invariant import choose_forward
-from minila.llama.model import Linear, ModelArgs, Transformer, rope_tables
+from minila.llama.model import Linear, ModelArgs, Transformer, not_native, rope_tables
 from minila.llama.rope import KINDS as ROPE_KINDS
 from minila.llama.rope import RopeScaling
 from minila.llama.tokenizer import Tokenizer
@@ -327,6 +327,8 @@ def load_checkpoint(
     if not (folder / "config.json").is_file():
         raise MinilaError(f"{folder} has no config.json; point --ckpt at an HF-format model folder")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    if problem := not_native(dt, dev):  # before the (slow) load
+        raise MinilaError(problem)
     if forward not in ("auto", "plain", "invariant"):  # fail before the (slow) load
         raise MinilaError(f"unknown forward {forward!r}; use auto, plain or invariant")
     args = args_from_hf_config(read_json(folder / "config.json"), folder / "config.json")

@@ -6,16 +6,19 @@ on where the row's keys sit in the cache, then by induction over positions and l
 a step's row gets bitwise the logits greedy computes for the same token, and
 lookahead equals greedy in any dtype, not only where rounding happens to agree.
 
-Operation by operation (bfloat16 and float32 on a CPU with oneDNN; tests/test_attention.py
-checks each fact this relies on, on the machine that runs it):
+Operation by operation (bfloat16 and float32 on a CPU with oneDNN). Which call sizes keep
+a kernel invariant is a fact about the CPU's kernels, so probe.py measures it on the
+machine at hand with the model's shapes, and this forward takes its chunking from it
+(rows per call, slice widths, attention's padding); tests/test_attention.py checks the
+whole on the machine that runs it:
 
 | operation | why a row's bits do not depend on the step | what had to change |
 | --- | --- | --- |
 | embedding, RoPE, SwiGLU's product, residual adds | elementwise (a gather; IEEE +, x), rows at the same offsets | nothing |
-| SiLU | elementwise, but PyTorch's loop takes 32 elements at a time and leftovers with scalar code (a different exp), and it splits a call of more than GRAIN elements between threads wherever the halves fall | `silu_by_rows`: calls of whole rows below GRAIN elements; the FFN's width a multiple of WIDTH (every Llama's is) |
-| RMSNorm | a reduction over one row of `dim` contiguous values, inside one thread | nothing |
-| matrix products | oneDNN's pre-packed kernel computes each row alone, as long as the call keeps its kernel | at most MAX_ROWS rows per call, inner lengths above MAX_INNER in fixed slices (InvariantLinear) |
-| attention | attention.InvariantAttention: keys by absolute position, fixed blocks, products of >= 4 rows and >= 2 columns | a new kernel (the fused one splits by T) |
+| SiLU | elementwise, but PyTorch's loop takes 32 elements at a time and leftovers with scalar code (a different exp), and it splits a call of more than GRAIN elements between threads wherever the halves fall | `SiluByRows`: calls of whole rows below GRAIN elements (and at most the rows probed invariant); the FFN's width a multiple of WIDTH (every Llama's is) |
+| RMSNorm | a reduction over one row of `dim` contiguous values, inside one thread | `NormByRows`: at most the rows probed invariant per call |
+| matrix products | oneDNN's pre-packed kernel computes each row alone, as long as the call keeps its kernel | as many rows per call and inner slices as wide as the probe found invariant, at most MAX_ROWS and MAX_INNER (InvariantLinear) |
+| attention | attention.InvariantAttention: keys by absolute position, fixed blocks, products of >= 4 rows and >= 2 columns, or of fixed tiles where the CPU's kernels need them (probe) | a new kernel (the fused one splits by T) |
 
 The products: oneDNN picks its kernel, and with it the order in which a dot product is
 summed, from the call's shape. Measured: on an AVX512-BF16 CPU (Zen 5) a bfloat16 call
@@ -30,7 +33,9 @@ most MAX_ROWS = 32 rows per call (a wider step: several calls, each reading the 
 again) and computes a longer inner length as the in-order float32 sum of products over
 fixed slices of MAX_INNER = 1024 columns (the last one shorter): each call is invariant,
 so is the sum.
-The limits are facts about kernels, not laws: the tests check them where they run.
+The limits are facts about kernels, not laws: the probe measures them where the forward
+runs (on an AVX2 CPU, MKL_ENABLE_INSTRUCTIONS=AVX2 on this Xeon: see README), and
+MAX_ROWS, MAX_INNER are only the widest it tries.
 
 Cost: see README ("What is guaranteed") and bench/invariant_cost.py --cost. Exactness is
 minila's promise, so "auto" takes it for bfloat16, where the plain forward measurably
@@ -47,10 +52,10 @@ from torch import nn
 
 from minila.errors import MinilaError
 from minila.llama.attention import InvariantAttention, PlainAttention
-from minila.llama.model import Linear, Transformer
+from minila.llama.model import Linear, RMSNorm, Transformer, not_native, packable_dtypes
+from minila.llama.probe import INNERS, MAX_ROWS, Chunking, chunking_for
 
-MAX_INNER = 1024  # oneDNN's products are row-invariant up to this inner length (longer ones: sliced)
-MAX_ROWS = 32  # ... and up to this many rows per call (more: AMX tiles in bfloat16; fed in chunks)
+MAX_INNER = INNERS[0]  # InvariantLinear's defaults: the widest slice and call the probe tries
 WIDTH = 64  # the model's widths must be multiples of this (every Llama's are; see the module docstring)
 GRAIN = 32768  # PyTorch splits an elementwise call of more elements than this between threads
 
@@ -62,12 +67,32 @@ def in_row_chunks(fn, x: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([fn(x[i : i + rows]) for i in range(0, x.shape[0], rows)])
 
 
-def silu_by_rows(x: torch.Tensor) -> torch.Tensor:
+class SiluByRows:
     """F.silu computed by vector code on every element of every row: each call holds
     whole rows and stays below GRAIN (one thread; rows of a multiple of WIDTH leave no
     scalar leftovers). One call with more elements would be cut between threads at
-    half its length, which for an odd number of rows falls inside a row. (T, hidden)"""
-    return in_row_chunks(F.silu, x, max(1, GRAIN // x.shape[-1]))
+    half its length, which for an odd number of rows falls inside a row. At most
+    `rows` rows per call (what the probe found invariant here). (T, hidden)"""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return in_row_chunks(F.silu, x, max(1, min(self.rows, GRAIN // x.shape[-1])))
+
+
+class NormByRows(RMSNorm):
+    """An RMSNorm fed at most `rows` rows per call (what the probe found invariant here).
+    `by_rows` turns a model's RMSNorm into one in place: same weight, same name."""
+
+    rows: int
+
+    @staticmethod
+    def by_rows(norm: RMSNorm, rows: int) -> None:
+        norm.__class__, norm.rows = NormByRows, rows
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return in_row_chunks(super().forward, x, self.rows)
 
 
 class InvariantLinear(nn.Module):
@@ -108,34 +133,54 @@ class InvariantLinear(nn.Module):
 
 
 def invariant_ok(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether the invariant forward is width invariant here: bfloat16 or float32 on a
-    CPU whose products oneDNN runs."""
-    return device.type == "cpu" and dtype in (torch.bfloat16, torch.float32) and torch.backends.mkldnn.is_available()
+    """Whether the invariant forward can run here: bfloat16 or float32 on a CPU whose
+    oneDNN pre-packs products in that dtype, natively (bfloat16: AVX512-BF16 or AMX;
+    model.not_native). Whether it is then invariant, the probe says (probe.py)."""
+    cpu = device.type == "cpu" and dtype in (torch.bfloat16, torch.float32) and dtype in packable_dtypes()
+    return cpu and not not_native(dtype, device)
+
+
+def why_not_invariant(dtype: torch.dtype, device: torch.device) -> str:
+    """One line for a user: why `invariant_ok` is False."""
+    if device.type != "cpu":
+        return f"the invariant forward runs on a CPU only, not on {device.type}"
+    if dtype not in (torch.bfloat16, torch.float32):
+        return f"the invariant forward runs in bfloat16 or float32, not {str(dtype).removeprefix('torch.')}"
+    return not_native(dtype, device) or "this torch has no oneDNN to run the invariant forward's products"
 
 
 def widths_ok(model: Transformer) -> bool:
     return model.args.dim % WIDTH == 0 and model.args.hidden_dim % WIDTH == 0
 
 
-def make_width_invariant(model: Transformer) -> Transformer:
+def make_width_invariant(model: Transformer, chunking: Chunking | None = None) -> Transformer:
     """Switch `model` to the invariant forward, in place: the invariant attention kernel,
-    every product an InvariantLinear, SiLU by rows (see the module docstring).
-    Matrices are pre-packed first where they are not yet: a packed product always runs
-    oneDNN, a plain one only above a size threshold."""
+    every product an InvariantLinear, SiLU and the norms by rows (see the module docstring),
+    each chunked as the probe found invariant on this machine (probe.py; `chunking`:
+    given instead). Matrices are pre-packed first where they are not yet: a packed
+    product always runs oneDNN, a plain one only above a size threshold."""
+    if not invariant_ok(model.dtype, model.device):
+        raise MinilaError(why_not_invariant(model.dtype, model.device))
     if not widths_ok(model):
         raise MinilaError(
             f"the model's width {model.args.dim} or FFN width {model.args.hidden_dim} is not a multiple of {WIDTH}, "
             "so its products and SiLU may round a row differently in a wide step; use the plain forward (--forward plain)"
         )
+    chunking = chunking or chunking_for(model.args, model.dtype)
+    if chunking.problem:
+        raise MinilaError(f"the invariant forward is not invariant here: {chunking.problem}; use --forward plain")
     if not any(isinstance(m, Linear) and m.packed is not None for m in model.modules()):
         model.pack_weights()
-    model.attention_kernel = InvariantAttention()
+    model.attention_kernel = InvariantAttention(chunking.attention_tile)
     for layer in model.layers:
-        layer.feed_forward.activation = silu_by_rows
+        layer.feed_forward.activation = SiluByRows(chunking.silu_rows)
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, Linear):
-                setattr(module, name, InvariantLinear(child))
+                rows, inner = chunking.product(child.in_features, child.out_features)
+                setattr(module, name, InvariantLinear(child, max_inner=inner, max_rows=rows))
+            elif isinstance(child, RMSNorm):
+                NormByRows.by_rows(child, chunking.norm_rows)
     return model
 
 
@@ -146,7 +191,22 @@ def choose_forward(model: Transformer, name: str) -> Transformer:
     if name not in ("auto", "plain", "invariant"):
         raise MinilaError(f"unknown forward {name!r}; use auto, plain or invariant")
     auto = model.dtype in (torch.bfloat16, torch.float16) and widths_ok(model) and invariant_ok(model.dtype, model.device)
-    if name == "invariant" or (name == "auto" and auto):
+    if name == "invariant" or (name == "auto" and auto and not chunking_for(model.args, model.dtype).problem):
         return make_width_invariant(model)
     model.attention_kernel = PlainAttention()
     return model
+
+
+def guarantee(model: Transformer) -> str:
+    """What "identical to greedy" rests on for this model on this machine, in one line."""
+    if model.attention_kernel.name == "invariant":
+        return "bitwise by construction: the invariant forward, its kernels checked on this CPU (probe.py)"
+    dtype = str(model.dtype).removeprefix("torch.")
+    why = ""
+    if invariant_ok(model.dtype, model.device) and widths_ok(model):
+        problem = chunking_for(model.args, model.dtype).problem if model.dtype != torch.float32 else None
+        why = f" ({problem})" if problem else ""
+    if model.dtype in (torch.float32, torch.float64):
+        return f"not by construction: the plain forward in {dtype} rounds a wide step's rows differently; no test has seen that change a token{why}"
+    return f"none: the plain forward in {dtype} may leave greedy's path at near-ties{why}"
+

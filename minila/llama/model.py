@@ -14,6 +14,8 @@ Batch size is 1 (lookahead decoding is a batch-1 algorithm), so activations are 
 
 from __future__ import annotations
 
+import os
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +104,31 @@ def packable_dtypes() -> tuple[torch.dtype, ...]:
     if torch.ops.mkldnn._is_mkldnn_fp16_supported():
         dtypes.append(torch.float16)
     return tuple(dtypes)
+
+
+# oneDNN packs bfloat16 on any AVX-512 CPU, but without bfloat16 instructions it emulates
+# them, and then a row's result depends on the call's size (and, since only some sums
+# round differently, on the data: no probe can rule it out). Native: AVX512-BF16 or AMX,
+# unless ONEDNN_MAX_CPU_ISA caps oneDNN below them.
+_BELOW_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+NATIVE_NEEDS = {torch.bfloat16: "avx512_bf16 or amx_bf16", torch.float16: "avx512_fp16, amx_fp16 or avx_ne_convert"}
+
+
+def not_native(dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why `dtype` products are not native here (None: they are, or it is not a half
+    dtype, or not a CPU). Without native products a half dtype runs on slow generic
+    or emulated kernels whose rounding the invariant forward cannot rely on:
+    load_checkpoint refuses it."""
+    if device.type != "cpu" or dtype not in NATIVE_NEEDS:
+        return None
+    native = dtype in packable_dtypes()
+    if native and dtype == torch.bfloat16 and platform.machine().lower() in ("x86_64", "amd64"):
+        capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _BELOW_BF16
+        native = not capped and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    if native:
+        return None
+    name = str(dtype).removeprefix("torch.")
+    return f"{name} products are not native on this CPU (it needs {NATIVE_NEEDS[dtype]}); use --dtype float32"
 
 
 class Linear(nn.Linear):

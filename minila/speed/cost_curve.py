@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from minila.llama.model import Transformer
+from minila.user_files import cache_root
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def measure_cost_curve(
 
 
 def _cache_file(model: Transformer) -> Path:
-    root = Path(os.environ.get("MINILA_CACHE", Path.home() / ".cache" / "minila"))
+    root = cache_root()
     kernel = getattr(getattr(model, "attention_kernel", None), "name", "plain")  # the invariant path costs more
     key = json.dumps([asdict(model.args), str(model.device), str(model.dtype), torch.get_num_threads(), torch.__version__, kernel])
     return root / f"cost-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"

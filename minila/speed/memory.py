@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from minila.user_files import cache_root
+
 FORMAT, VERSION = "minila-ngram-memory", 1
 LENGTH = 6  # tokens of a remembered continuation
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
@@ -56,8 +58,7 @@ def tokenizer_fingerprint(folder: str | Path) -> str:
 
 
 def default_path(fingerprint: str) -> Path:
-    root = Path(os.environ.get("MINILA_CACHE", Path.home() / ".cache" / "minila"))
-    return root / f"ngrams-{fingerprint}.json"
+    return cache_root() / f"ngrams-{fingerprint}.json"
 
 
 class NGramMemory:

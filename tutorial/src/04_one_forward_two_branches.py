@@ -273,21 +273,25 @@ for label, logits in [("causal mask over the packed rows", wrong_mask), ("row or
 # one-token step can round differently (the fused attention kernel splits its work by
 # the number of rows; the products block their inner dimension differently for more
 # rows), and at a near-tie the argmax flips: lookahead leaves greedy's path. minila's
-# *width-invariant* forward (`minila/invariant.py`, the default for bfloat16 on a CPU)
+# *width-invariant* forward (`minila/llama/invariant.py`, the default for bfloat16 on a CPU)
 # computes every row in an order fixed by the row's own position: keys laid out by
 # absolute position, values summed in fixed blocks of 64 positions, products fed at most
 # 32 rows a call (an AMX CPU switches bfloat16 products to other kernels above that) and
-# long ones in fixed slices, SiLU in calls of whole rows. Then each row of the step
-# equals greedy's, bit for bit:
+# long ones in fixed slices, SiLU in calls of whole rows. Which chunking keeps each
+# kernel invariant is a fact about the CPU's kernels, so `minila/llama/probe.py` measures it
+# on the machine at hand, in a second or two, before the forward uses it. Then each row
+# of the step equals greedy's, bit for bit (on a CPU without native bfloat16 products,
+# such as an AVX2 one, this cell runs in float32: the argument is the same):
 
 # %%
-from minila.llama.invariant import make_width_invariant  # noqa: E402
+from minila.llama.invariant import invariant_ok, make_width_invariant  # noqa: E402
 
+half_dtype = torch.bfloat16 if invariant_ok(torch.bfloat16, torch.device("cpu")) else torch.float32
 torch.manual_seed(0)
 half = minila.Transformer(
     minila.ModelArgs(vocab_size=64, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128, max_seq_len=256)
-).to(torch.bfloat16).eval()
-half = make_width_invariant(half)  # the invariant attention kernel; long products split
+).to(half_dtype).eval()
+half = make_width_invariant(half)  # the invariant attention kernel; products chunked as the probe found
 prefix16 = torch.randint(0, 64, (100,), generator=torch.Generator().manual_seed(1))
 with torch.inference_mode():
     cache16 = half.new_cache(200)
@@ -306,7 +310,7 @@ with torch.inference_mode():
             one = half(torch.tensor([tok]), torch.tensor([100 + k]), cache16)[0]
             cache16.commit()
         same += torch.equal(one, wide16[row])
-print(f"bfloat16, invariant forward: {same} of {layout.size} rows bitwise equal to greedy's one-token forward")
+print(f"{str(half_dtype)[6:]}, invariant forward: {same} of {layout.size} rows bitwise equal to greedy's one-token forward")
 
 # %% [markdown]
 # What is guaranteed on which path: with the plain forward, float32 and float64 agree to

@@ -288,5 +288,5 @@ for name, p in PROMPTS.items():
 # to pay, on a flat curve the whole window every step, as the paper runs it on a GPU. The
 # budget needs no table of settings measured on other prompts: its costs come from this
 # machine and its chances from the text being decoded. Across runs, the n-gram memory
-# (`minila/memory.py`, `--memory`) adds what earlier answers said after the same two
+# (`minila/speed/memory.py`, `--memory`) adds what earlier answers said after the same two
 # tokens: ask the same kind of question twice and the second answer is faster.
