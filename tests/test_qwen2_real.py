@@ -80,7 +80,8 @@ def test_chat_template_equals_transformers(qwen2_real, qwen2_dir):
     hf = AutoTokenizer.from_pretrained(qwen2_dir)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": CHATS[0]}]
     for m in (messages, messages[1:]):  # with and without a system prompt (Qwen's default one)
-        assert tok.apply_chat_template(m) == hf.apply_chat_template(m, add_generation_prompt=True, tokenize=True)
+        theirs = hf.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        assert tok.apply_chat_template(m) == list(theirs)
 
 
 def test_greedy_equals_transformers(qwen2_real, prompts, hf_greedy):
@@ -90,7 +91,8 @@ def test_greedy_equals_transformers(qwen2_real, prompts, hf_greedy):
 
 
 def test_lookahead_equals_greedy(qwen2_real, prompts, hf_greedy):
+    """On the code request and the completion (a full window costs 2-3 greedy steps here)."""
     model, _ = qwen2_real
-    config = LookaheadConfig(window=4, ngram=4, guess=4, copy=8)
-    for prompt, theirs in zip(prompts, hf_greedy):
+    config = LookaheadConfig(window=3, ngram=3, guess=3, copy=8)
+    for prompt, theirs in zip(prompts[::2], hf_greedy[::2]):
         assert lookahead_generate(model, prompt, 64, config).tokens == theirs
