@@ -74,6 +74,7 @@ class Run:
     trimmed: int = 0  # tokens a peer produced past the first EOS or the budget
     outside: float | None = None  # seconds of the steps after the prefill spent outside the forward
     rank_fed: tuple[int, ...] = ()  # lookahead parallelism: rows each rank fed after the prefill
+    window_steps: int | None = None  # lookahead: steps after the prefill that ran the window (the budget's choice)
 
 
 # prompt ids, max_new_tokens -> Run
@@ -139,7 +140,10 @@ def minila_decoder(model: Transformer, decode: Callable[[Sequence[int], int], Ge
         outside = sum(s.seconds - s.forward_seconds for s in gen.stats[1:]) if gen.stats[1:] and gen.stats[1].forward_seconds else None
         ranks = range(getattr(gen, "ranks", 0))  # a ParallelGeneration knows every rank's width
         rank_fed = tuple(sum(w[r] for w in gen.rank_widths) for r in ranks)
-        return Run(gen.tokens, gen.steps, seconds, sum(s.width for s in gen.stats[1:]), outside=outside, rank_fed=rank_fed)
+        plans = [s.plan for s in gen.stats[1:] if s.plan is not None]
+        window_steps = sum(bool(p.window) for p in plans) if plans else None
+        return Run(gen.tokens, gen.steps, seconds, sum(s.width for s in gen.stats[1:]), outside=outside,
+                   rank_fed=rank_fed, window_steps=window_steps)  # fmt: skip
 
     return run
 
@@ -289,6 +293,7 @@ def run_benchmark(
                 "identical": div is None, "first_divergence": div, "trimmed": r.trimmed, "ids": r.tokens,
                 "outside": r.outside, "speedup": runs["greedy"].seconds / r.seconds if r.seconds else 0.0,
                 **({"rank_fed": list(r.rank_fed)} if r.rank_fed else {}),
+                **({"window_steps": r.window_steps} if r.window_steps is not None else {}),
             })  # fmt: skip
             mark = "" if div is None else f" DIFF@{div}"
             parts.append(f"{name} S={len(r.tokens) / r.steps:.2f} {r.seconds:.2f}s{mark}")
@@ -316,6 +321,8 @@ def summarize(rows: list[dict]) -> list[dict]:
             "outside_ms": 1000 * sum(r["outside"] for r in mine) / decode_steps
             if decode_steps and all(r["outside"] is not None for r in mine) else None,
         })  # fmt: skip
+        if decode_steps and all("window_steps" in r for r in mine):  # how often the budget ran the window
+            out[-1]["window_share"] = sum(r["window_steps"] for r in mine) / decode_steps
         if decode_steps and all("rank_fed" in r for r in mine):  # rows per step on each rank
             out[-1]["rank_fed_per_step"] = [sum(col) / decode_steps for col in zip(*(r["rank_fed"] for r in mine))]
     greedy = next(s for s in out if s["method"] == "greedy")
@@ -404,8 +411,10 @@ def markdown(meta: dict, summary: list[dict] | None, curve: list[dict] | None) -
         chosen = (meta.get("lookahead") or {}).get("la:auto")
         if chosen:
             memory = meta.get("memory") or "empty at start"
+            share = next((s.get("window_share") for s in summary if s["method"] == "la:auto"), None)
+            ran = "" if share is None else f" It ran the window in {100 * share:.0f}% of its steps."
             lines += ["", "la:auto decided each step within " + ", ".join(f"{k}={v}" for k, v in chosen.items())
-                      + f" on this machine; n-gram memory: {memory}."]  # fmt: skip
+                      + f" on this machine; n-gram memory: {memory}.{ran}"]  # fmt: skip
     if curve:
         lines += ["", f"## Cost of one forward of T tokens after a {meta['cost_context']}-token cache", ""]
         lines += ["| T | " + " | ".join(str(r["T"]) for r in curve) + " |", "| --- " * (len(curve) + 1) + "|"]
