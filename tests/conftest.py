@@ -12,6 +12,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SMOLLM2 = REPO / "weights" / "smollm2-135m-instruct"
+QWEN25_CODER = REPO / "weights" / "qwen2.5-coder-0.5b-instruct"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,6 +46,14 @@ def real_model(smollm2_dir: Path):
     from minila.llama.checkpoint import load_checkpoint
 
     return load_checkpoint(smollm2_dir, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def qwen2_dir() -> Path:
+    """The converted Qwen2.5-Coder-0.5B-Instruct folder: optional, never made by `make test`."""
+    if not (QWEN25_CODER / "model.safetensors").is_file():
+        pytest.skip(f"{QWEN25_CODER.relative_to(REPO)} is missing: run `make weights MODEL=qwen2.5-coder-0.5b`")
+    return QWEN25_CODER
 
 
 # ------------------------------------------------------------------------- tiny checkpoints

@@ -129,6 +129,7 @@ def test_la_auto_decides_each_step_and_remembers_across_prompts(monkeypatch, tmp
     run = decoders["la:auto"](ids, 20)
     assert run.tokens == greedy_generate(model, ids, 20, tok.eos_ids).tokens
     assert len(memory) > 0 and run.outside is not None and run.outside > 0  # learnt the answer; timed its bookkeeping
+    assert 0 <= run.window_steps <= run.steps - 1  # the budget's choice, counted per step
 
 
 def test_cut_follows_minilas_stopping_rule():

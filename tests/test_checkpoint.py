@@ -65,7 +65,15 @@ def test_args_defaults_and_transformers5_rope_parameters():
     "change, message",
     [
         ({"model_type": "gpt2"}, "Llama-architecture"),
-        ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}, "Llama-architecture"),
+        ({"model_type": "phi3", "architectures": ["Phi3ForCausalLM"]}, "Llama-architecture"),
+        ({"model_type": "qwen2", "architectures": ["LlamaForCausalLM"]}, "LlamaForCausalLM only"),
+        ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 20},
+         "Qwen2 model uses sliding-window"),
+        ({"model_type": "qwen2", "layer_types": ["full_attention", "sliding_attention"], "sliding_window": 64},
+         "sliding-window"),
+        ({"model_type": "qwen2", "layer_types": ["chunked_attention"]}, "chunked_attention"),
+        ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+         "yarn"),
         ({"architectures": ["LlamaForSequenceClassification"]}, "LlamaForCausalLM only"),
         ({"model_type": "mistral", "sliding_window": 4096}, "sliding-window"),
         ({"rope_scaling": {"rope_type": "dynamic", "factor": 8.0}}, "dynamic"),
@@ -284,7 +292,7 @@ def test_missing_and_unexpected_tensors(make_tiny_llama):
     weights = load_file(folder / "model.safetensors")
     weights["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(64)
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-    assert "unexpected tensor 'model.layers.0.self_attn.q_proj.bias'" in _error(folder)
+    assert "unexpected tensor 'layers.0.attention.wq.bias'" in _error(folder)  # a bias in a Llama
     del weights["model.layers.0.self_attn.q_proj.bias"], weights["model.norm.weight"]
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     assert "lacks 1 tensors, e.g. ['norm.weight']" in _error(folder)

@@ -1,4 +1,4 @@
-"""Load an HF-format Llama folder into minila's `Transformer` and `Tokenizer`.
+"""Load an HF-format Llama (or Qwen2) folder into minila's `Transformer` and `Tokenizer`.
 
 A folder holds config.json, the weights (model.safetensors, or shards listed in
 model.safetensors.index.json, or pytorch_model.bin) and the tokenizer files. HF
@@ -119,9 +119,40 @@ def _rope(config: dict, path: Path) -> tuple[float, RopeScaling | None]:
         raise broken(path, str(e)) from None
 
 
+def _qwen2_sliding_window(config: dict, path: Path, max_len: int) -> None:
+    """Refuse a Qwen2 whose sliding window bites: transformers slides the layers from
+    `max_window_layers` on (or those `layer_types` names) when `use_sliding_window` is
+    set; minila runs full attention only. A window as long as the context is full attention."""
+    n_layers = config_value(config, "num_hidden_layers", int, path, 1, low=1)
+    layer_types = config_value(config, "layer_types", list, path)
+    if layer_types is not None:
+        unknown = sorted({str(t) for t in layer_types} - {"full_attention", "sliding_attention"})
+        if unknown:
+            raise MinilaError(f"{path}: layer_types {unknown} are not implemented; minila runs full attention only")
+        sliding = "sliding_attention" in layer_types
+    else:
+        first = config_value(config, "max_window_layers", int, path, n_layers)
+        sliding = config_value(config, "use_sliding_window", bool, path, False) and first < n_layers
+    window = config_value(config, "sliding_window", int, path)
+    if sliding and window is not None and window < max_len:
+        raise MinilaError(
+            f"{path}: this Qwen2 model uses sliding-window attention (use_sliding_window, a window of {window} "
+            f"< context {max_len}); minila runs full attention only: set use_sliding_window to false if the "
+            "model was trained without it"
+        )
+
+
+# the classes each model_type may name (a Mistral without a biting window is a Llama)
+_ARCHITECTURES = {
+    "llama": {"LlamaForCausalLM", "MistralForCausalLM"},
+    "mistral": {"LlamaForCausalLM", "MistralForCausalLM"},
+    "qwen2": {"Qwen2ForCausalLM"},
+}
+
+
 def args_from_hf_config(config: dict, path: Path = CONFIG) -> ModelArgs:
-    """ModelArgs from an HF config.json, refusing anything that is not a plain Llama.
-    `path` names the file in error messages."""
+    """ModelArgs from an HF config.json, refusing anything that is not a plain Llama or
+    a Qwen2 (a Llama with q/k/v biases). `path` names the file in error messages."""
     model_type = config_value(config, "model_type", str, path)
     architectures = config_value(config, "architectures", list, path, [])
     max_len = config_value(config, "max_position_embeddings", int, path, 2048, low=1)
@@ -132,16 +163,22 @@ def args_from_hf_config(config: dict, path: Path = CONFIG) -> ModelArgs:
                 f"this Mistral model uses sliding-window attention ({window} < context {max_len}); "
                 "minila runs full attention only"
             )
+    elif model_type == "qwen2":
+        _qwen2_sliding_window(config, path, max_len)
     elif model_type is None:
         raise broken(path, "has no model_type, so it is not an HF transformers model config")
     elif model_type != "llama":
         raise MinilaError(
             f"{path} describes a {model_type!r} model {architectures}; minila runs Llama-architecture "
-            "models only (model_type 'llama', architectures LlamaForCausalLM): use such a checkpoint"
+            "models only (model_type 'llama' or 'qwen2', architectures LlamaForCausalLM or Qwen2ForCausalLM): "
+            "use such a checkpoint"
         )
-    unknown = {str(a) for a in architectures} - {"LlamaForCausalLM", "MistralForCausalLM"}
+    unknown = {str(a) for a in architectures} - _ARCHITECTURES[model_type]
     if unknown:
-        raise MinilaError(f"{path} names architectures {sorted(unknown)}; minila loads LlamaForCausalLM only")
+        raise MinilaError(
+            f"{path} names architectures {sorted(unknown)}; minila loads LlamaForCausalLM only "
+            "(and Qwen2ForCausalLM for model_type 'qwen2')"
+        )
     if config_value(config, "hidden_act", str, path, "silu") != "silu":
         raise MinilaError(f"hidden_act {config['hidden_act']!r} is not SwiGLU's silu; minila cannot run this model")
     if config_value(config, "attention_bias", bool, path) or config_value(config, "mlp_bias", bool, path):
@@ -175,6 +212,7 @@ def args_from_hf_config(config: dict, path: Path = CONFIG) -> ModelArgs:
             max_seq_len=max_len,
             tie_embeddings=config_value(config, "tie_word_embeddings", bool, path, False),
             rope_scaling=scaling,
+            qkv_bias=model_type == "qwen2",  # transformers' Qwen2 always has them; its config has no switch
         )
     except ValueError as e:
         raise broken(path, f"inconsistent settings: {e}") from None
@@ -194,6 +232,9 @@ _LAYER_NAMES = {
     "self_attn.q_proj.weight": "attention.wq.weight",
     "self_attn.k_proj.weight": "attention.wk.weight",
     "self_attn.v_proj.weight": "attention.wv.weight",
+    "self_attn.q_proj.bias": "attention.wq.bias",  # Qwen2 only
+    "self_attn.k_proj.bias": "attention.wk.bias",
+    "self_attn.v_proj.bias": "attention.wv.bias",
     "self_attn.o_proj.weight": "attention.wo.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "feed_forward.w1.weight",
@@ -286,6 +327,12 @@ def build_model(args: ModelArgs, state: dict[str, torch.Tensor], device: torch.d
     with torch.device("meta"):  # shapes only: no allocation, no random init
         model = Transformer(args)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:  # e.g. q/k/v biases beside a config.json of model_type llama
+        raise MinilaError(
+            f"unexpected tensor {unexpected[0]!r} (and {len(unexpected) - 1} more) in the checkpoint: config.json "
+            f"describes a model without it (biases belong to model_type 'qwen2'); {FIX}"
+        )
     missing = sorted(set(expected) - set(state))
     if missing:
         raise MinilaError(f"the checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}; is it complete?")

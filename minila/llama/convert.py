@@ -6,17 +6,22 @@ writes config.json, generation_config.json, model.safetensors (float32),
 tokenizer.json and tokenizer_config.json. Three things need care:
 
 1. Tensor layout. `gguf.quants.dequantize` gives float32 arrays already in HF's
-   (out_features, in_features) layout, but llama.cpp's converter permuted the rows of
-   wq and wk, head by head, for its interleaved RoPE (pairs (0,1), (2,3), ...). HF and
-   minila rotate the pairs (i, i + head_dim/2), so `unpermute_qk` undoes that.
+   (out_features, in_features) layout, whatever the quantization (Q4_1, Q8_0, the
+   K-quants Q4_K/Q6_K, Q5_0, ...). For architecture "llama", llama.cpp's converter
+   permuted the rows of wq and wk, head by head, for its interleaved RoPE (pairs
+   (0,1), (2,3), ...). HF and minila rotate the pairs (i, i + head_dim/2), so
+   `unpermute_qk` undoes that. For "qwen2" llama.cpp permutes nothing (its RoPE for
+   qwen2 is the NEOX kind, which is rotate-half), so the rows are kept: the logits
+   test against transformers in tests/test_qwen2.py is what settles it.
 2. The tokenizer. The GGUF stores the BPE vocabulary and merges; the pre-tokenizer
    is only a name (`tokenizer.ggml.pre`), so we rebuild it: for "smollm", every digit
-   on its own, then the GPT-2 byte-level regex.
+   on its own, then the GPT-2 byte-level regex; for "qwen2", NFC, then Qwen2's regex
+   (letters, single digits, punctuation runs, newlines), then bytes.
 3. Control tokens (token_type 3) are special added tokens, so "<|im_start|>" in text
    encodes to its id.
 
-Only what minila can run is converted (architecture "llama", byte-level BPE, plain
-RoPE); anything else stops with a MinilaError rather than writing a wrong folder.
+Only what minila can run is converted (architectures "llama" and "qwen2", byte-level
+BPE, plain RoPE); anything else stops with a MinilaError rather than writing a wrong folder.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ _GLOBAL_NAMES = {
     "output.weight": "lm_head.weight",
 }
 _LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
+    "attn_norm": "input_layernorm",  # a "blk.{i}.{part}.weight" (q, k and v also ".bias" in qwen2)
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
@@ -63,6 +68,14 @@ _LAYER_NAMES = {
 }
 
 _CONTROL, _USER_DEFINED = 3, 4  # GGUF token types that become added tokens
+_BIASED = ("attn_q", "attn_k", "attn_v")  # the parts that carry a bias in qwen2
+
+# Qwen2's pre-tokenizer split (the same rule llama.cpp applies for pre = "qwen2"): English
+# contractions, letter runs with one leading non-letter, every digit alone, punctuation
+# runs with their newlines, newline runs, then whitespace
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -80,12 +93,13 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
 def hf_tensor_name(gguf_name: str) -> str:
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
-    parts = gguf_name.split(".")  # blk, i, part, weight
-    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _LAYER_NAMES and parts[3] == "weight":
-        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.weight"
+    parts = gguf_name.split(".")  # blk, i, part, weight|bias
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
+        if parts[3] == "weight" or (parts[3] == "bias" and parts[2] in _BIASED):
+            return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
     raise MinilaError(
-        f"GGUF tensor {gguf_name!r} has no Llama counterpart minila knows "
-        "(rope_freqs, biases, MoE experts are not supported); use a plain Llama GGUF"
+        f"GGUF tensor {gguf_name!r} has no Llama or Qwen2 counterpart minila knows "
+        "(rope_freqs, biases other than q/k/v, MoE experts are not supported); use a plain Llama or Qwen2 GGUF"
     )
 
 
@@ -135,10 +149,11 @@ def _short_float(x: float) -> float:
 
 def read_hparams(reader) -> dict:
     arch = _field(reader, "general.architecture")
-    if arch != "llama":
-        raise MinilaError(f"GGUF architecture is {arch!r}; minila converts only 'llama' models")
+    if arch not in ("llama", "qwen2"):
+        raise MinilaError(f"GGUF architecture is {arch!r}; minila converts only 'llama' and 'qwen2' models")
     key = lambda name: f"{arch}.{name}"  # noqa: E731
     hp = {
+        "arch": arch,
         "dim": _field(reader, key("embedding_length")),
         "n_layers": _field(reader, key("block_count")),
         "hidden_dim": _field(reader, key("feed_forward_length")),
@@ -150,7 +165,7 @@ def read_hparams(reader) -> dict:
         "vocab_size": _field(reader, key("vocab_size")),
     }
     if None in (hp["dim"], hp["n_layers"], hp["hidden_dim"], hp["n_heads"], hp["norm_eps"], hp["context"]):
-        raise MinilaError("the GGUF lacks Llama hyperparameters (embedding_length, block_count, ...); is it complete?")
+        raise MinilaError(f"the GGUF lacks {arch} hyperparameters (embedding_length, block_count, ...); is it complete?")
     if hp["n_kv_heads"] is None:
         hp["n_kv_heads"] = hp["n_heads"]
     head_dim = hp["dim"] // hp["n_heads"]
@@ -171,9 +186,9 @@ def read_weights(reader, hp: dict, workers: int | None = None) -> dict[str, np.n
         name = hf_tensor_name(tensor.name)
         shape = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists dims innermost first
         w = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(shape)
-        if name.endswith("q_proj.weight"):
+        if hp["arch"] == "llama" and name.endswith("q_proj.weight"):  # only llama's rows were permuted (see above)
             w = unpermute_qk(w, hp["n_heads"])
-        elif name.endswith("k_proj.weight"):
+        elif hp["arch"] == "llama" and name.endswith("k_proj.weight"):
             w = unpermute_qk(w, hp["n_kv_heads"])
         return name, np.ascontiguousarray(w)  # a copy: never a view into the memory-mapped file
 
@@ -187,11 +202,11 @@ def read_weights(reader, hp: dict, workers: int | None = None) -> dict[str, np.n
 
 def build_tokenizer(tokens: list[str], merges: list[str], token_types: list[int], pre: str, add_bos: bool, bos: int):
     """A `tokenizers.Tokenizer` for a GGUF byte-level BPE vocabulary."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-    if pre not in ("smollm", "gpt2", "default"):
+    if pre not in ("smollm", "qwen2", "gpt2", "default"):
         raise MinilaError(
-            f"GGUF pre-tokenizer {pre!r} is not supported (only 'smollm' and 'gpt2'): "
+            f"GGUF pre-tokenizer {pre!r} is not supported (only 'smollm', 'qwen2' and 'gpt2'): "
             "its split rules would have to be rebuilt by hand"
         )
     bpe = models.BPE(
@@ -204,6 +219,10 @@ def build_tokenizer(tokens: list[str], merges: list[str], token_types: list[int]
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre == "smollm":  # split off every digit before the GPT-2 regex sees the text
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    elif pre == "qwen2":  # Qwen2's own regex, then bytes (the GPT-2 regex must not split again)
+        tok.normalizer = normalizers.NFC()  # as Qwen2's own tokenizer.json
+        split = pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False)
+        tok.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     else:
         tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
@@ -227,6 +246,36 @@ def _write_json(path: Path, obj: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
         f.write("\n")
+
+
+def hf_config(hp: dict, tied: bool, bos: int | None, eos: int | None, pad: int | None) -> dict:
+    """config.json for transformers' LlamaForCausalLM or Qwen2ForCausalLM (q/k/v biases, always)."""
+    common = {
+        "hidden_size": hp["dim"],
+        "intermediate_size": hp["hidden_dim"],
+        "num_hidden_layers": hp["n_layers"],
+        "num_attention_heads": hp["n_heads"],
+        "num_key_value_heads": hp["n_kv_heads"],
+        "hidden_act": "silu",
+        "max_position_embeddings": hp["context"],
+        "rms_norm_eps": hp["norm_eps"],
+        "rope_theta": hp["rope_theta"],
+        "rope_scaling": None,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "vocab_size": hp["vocab_size"],
+        "tie_word_embeddings": tied,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "pad_token_id": pad,
+        "torch_dtype": "float32",
+        "use_cache": True,
+    }
+    if hp["arch"] == "qwen2":  # every layer full attention: the GGUF has no sliding window
+        return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **common,
+                "use_sliding_window": False, "sliding_window": None, "max_window_layers": hp["n_layers"]}  # fmt: skip
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **common,
+            "head_dim": hp["dim"] // hp["n_heads"], "attention_bias": False, "mlp_bias": False}  # fmt: skip
 
 
 def convert(gguf_path: str | Path, out_dir: str | Path, log: Callable[[str], None] = print) -> Path:
@@ -266,35 +315,7 @@ def convert(gguf_path: str | Path, out_dir: str | Path, log: Callable[[str], Non
     del weights
 
     log(f"{elapsed()} writing config and tokenizer files")
-    _write_json(
-        out_dir / "config.json",
-        {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": hp["dim"],
-            "intermediate_size": hp["hidden_dim"],
-            "num_hidden_layers": hp["n_layers"],
-            "num_attention_heads": hp["n_heads"],
-            "num_key_value_heads": hp["n_kv_heads"],
-            "head_dim": hp["dim"] // hp["n_heads"],
-            "hidden_act": "silu",
-            "max_position_embeddings": hp["context"],
-            "rms_norm_eps": hp["norm_eps"],
-            "rope_theta": hp["rope_theta"],
-            "rope_scaling": None,
-            "attention_bias": False,
-            "attention_dropout": 0.0,
-            "mlp_bias": False,
-            "initializer_range": 0.02,
-            "vocab_size": hp["vocab_size"],
-            "tie_word_embeddings": tied,
-            "bos_token_id": bos,
-            "eos_token_id": eos,
-            "pad_token_id": pad,
-            "torch_dtype": "float32",
-            "use_cache": True,
-        },
-    )
+    _write_json(out_dir / "config.json", hf_config(hp, tied, bos, eos, pad))
     _write_json(out_dir / "generation_config.json", {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad})
 
     token_types = _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens))

@@ -1,4 +1,5 @@
 """A Llama, written out: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+(Qwen2 is the same model plus a bias on q, k and v: `ModelArgs.qkv_bias`.)
 
 The model knows nothing about decoding. One call takes the new tokens of a step,
 their explicit position ids, an explicit (T, T) attention mask among them and a KV
@@ -40,6 +41,7 @@ class ModelArgs:
     max_seq_len: int = 2048
     tie_embeddings: bool = False
     rope_scaling: RopeScaling | None = None  # Llama 3.1+ ("llama3") or "linear"; see rope.py
+    qkv_bias: bool = False  # Qwen2: q, k and v have a bias (o and the FFN have none)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "max_seq_len"):
@@ -183,28 +185,39 @@ class Fused(nn.Module):
     """Products that read the same input, computed as one: the matrices stacked by rows
     into one Linear, `stack` (on a CPU each call has a fixed cost, and one long weight
     streams faster than three short ones); the result is split back into views.
+    With `bias`, one stacked bias is added to the whole product, once: an elementwise
+    add after it, so the width-invariant forward, which replaces `stack`, keeps it.
     Checkpoints keep the separate matrices under Meta's names: `owned_by` makes the
     parent's state_dict() list them and its load_state_dict() stack them."""
 
-    def __init__(self, in_features: int, parts: dict[str, int]) -> None:
+    def __init__(self, in_features: int, parts: dict[str, int], bias: bool = False) -> None:
         super().__init__()
         self.parts = parts  # name -> rows, in stacking order
         self.stack = Linear(in_features, sum(parts.values()))
+        self.bias = nn.Parameter(torch.zeros(sum(parts.values()))) if bias else None
+
+    def joint(self, x: torch.Tensor) -> torch.Tensor:
+        """The stacked product, bias included: (T, in) -> (T, sum of the parts)."""
+        out = self.stack(x)
+        return out if self.bias is None else out + self.bias
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.stack(x).split(list(self.parts.values()), dim=-1)  # views of one (T, sum) result
+        return self.joint(x).split(list(self.parts.values()), dim=-1)  # views of one (T, sum) result
 
     def owned_by(self, parent: nn.Module, attr: str) -> "Fused":
-        stacked, names = f"{attr}.stack.weight", [f"{name}.weight" for name in self.parts]
+        kinds = ("weight", "bias") if self.bias is not None else ("weight",)
+        groups = [(f"{attr}.{'stack.' if k == 'weight' else ''}{k}", [f"{n}.{k}" for n in self.parts]) for k in kinds]
 
         def split(module, state, prefix, local_metadata) -> None:  # "attention.qkv.stack.weight" -> "attention.wq.weight", ...
-            if prefix + stacked in state:
-                rows = state.pop(prefix + stacked).split(list(self.parts.values()))
-                state.update({prefix + n: r for n, r in zip(names, rows)})
+            for stacked, names in groups:
+                if prefix + stacked in state:
+                    rows = state.pop(prefix + stacked).split(list(self.parts.values()))
+                    state.update({prefix + n: r for n, r in zip(names, rows)})
 
         def join(module, state, prefix, *args) -> None:
-            if all(prefix + n in state for n in names):
-                state[prefix + stacked] = torch.cat([state.pop(prefix + n) for n in names])
+            for stacked, names in groups:
+                if all(prefix + n in state for n in names):
+                    state[prefix + stacked] = torch.cat([state.pop(prefix + n) for n in names])
 
         parent.register_state_dict_post_hook(split)
         parent.register_load_state_dict_pre_hook(join)
@@ -216,7 +229,8 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         kv = args.n_kv_heads * args.head_dim
-        self.qkv = Fused(args.dim, {"wq": args.n_heads * args.head_dim, "wk": kv, "wv": kv}).owned_by(self, "qkv")
+        qkv = {"wq": args.n_heads * args.head_dim, "wk": kv, "wv": kv}
+        self.qkv = Fused(args.dim, qkv, bias=args.qkv_bias).owned_by(self, "qkv")
         self.wo = Linear(args.n_heads * args.head_dim, args.dim)
 
     def forward(
@@ -229,7 +243,7 @@ class Attention(nn.Module):
         plan: AttentionPlan,
     ) -> torch.Tensor:
         t = x.shape[0]
-        qkv = self.qkv.stack(x).view(t, -1, self.head_dim).transpose(0, 1)  # (H + 2 Hkv, T, hd): q's heads, k's, v's
+        qkv = self.qkv.joint(x).view(t, -1, self.head_dim).transpose(0, 1)  # (H + 2 Hkv, T, hd): q's heads, k's, v's
         qk = apply_rope(qkv[: self.n_heads + self.n_kv_heads], cos, sin)  # q and k side by side: rotated in one go
         q, k, v = qk[: self.n_heads], qk[self.n_heads :], qkv[self.n_heads + self.n_kv_heads :]  # (H|Hkv, T, hd)
         keys, values = cache.write(layer, k, v)  # (Hkv, S, hd), S = committed + T

@@ -36,6 +36,7 @@ class Run:
     trimmed: int = 0  # tokens a peer produced past the first EOS or the budget
     outside: float | None = None  # seconds of the steps after the prefill spent outside the forward
     rank_fed: tuple[int, ...] = ()  # lookahead parallelism: rows each rank fed after the prefill
+    window_steps: int | None = None  # lookahead: steps after the prefill that ran the window (the budget's choice)
 
 
 # prompt ids, max_new_tokens -> Run
@@ -55,7 +56,10 @@ def minila_decoder(model: Transformer, decode: Callable[[Sequence[int], int], Ge
         outside = sum(s.seconds - s.forward_seconds for s in gen.stats[1:]) if gen.stats[1:] and gen.stats[1].forward_seconds else None
         ranks = range(getattr(gen, "ranks", 0))  # a ParallelGeneration knows every rank's width
         rank_fed = tuple(sum(w[r] for w in gen.rank_widths) for r in ranks)
-        return Run(gen.tokens, gen.steps, seconds, sum(s.width for s in gen.stats[1:]), outside=outside, rank_fed=rank_fed)
+        plans = [s.plan for s in gen.stats[1:] if s.plan is not None]
+        window_steps = sum(bool(p.window) for p in plans) if plans else None
+        return Run(gen.tokens, gen.steps, seconds, sum(s.width for s in gen.stats[1:]), outside=outside,
+                   rank_fed=rank_fed, window_steps=window_steps)  # fmt: skip
 
     return run
 

@@ -41,6 +41,7 @@ def run_benchmark(
                 "identical": div is None, "first_divergence": div, "trimmed": r.trimmed, "ids": r.tokens,
                 "outside": r.outside, "speedup": runs["greedy"].seconds / r.seconds if r.seconds else 0.0,
                 **({"rank_fed": list(r.rank_fed)} if r.rank_fed else {}),
+                **({"window_steps": r.window_steps} if r.window_steps is not None else {}),
             })  # fmt: skip
             mark = "" if div is None else f" DIFF@{div}"
             parts.append(f"{name} S={len(r.tokens) / r.steps:.2f} {r.seconds:.2f}s{mark}")
@@ -68,6 +69,8 @@ def summarize(rows: list[dict]) -> list[dict]:
             "outside_ms": 1000 * sum(r["outside"] for r in mine) / decode_steps
             if decode_steps and all(r["outside"] is not None for r in mine) else None,
         })  # fmt: skip
+        if decode_steps and all("window_steps" in r for r in mine):  # how often the budget ran the window
+            out[-1]["window_share"] = sum(r["window_steps"] for r in mine) / decode_steps
         if decode_steps and all("rank_fed" in r for r in mine):  # rows per step on each rank
             out[-1]["rank_fed_per_step"] = [sum(col) / decode_steps for col in zip(*(r["rank_fed"] for r in mine))]
     greedy = next(s for s in out if s["method"] == "greedy")

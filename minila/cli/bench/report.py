@@ -82,8 +82,10 @@ def markdown(meta: dict, summary: list[dict] | None, curve: list[dict] | None) -
         chosen = (meta.get("lookahead") or {}).get("la:auto")
         if chosen:
             memory = meta.get("memory") or "empty at start"
+            share = next((s.get("window_share") for s in summary if s["method"] == "la:auto"), None)
+            ran = "" if share is None else f" It ran the window in {100 * share:.0f}% of its steps."
             lines += ["", "la:auto decided each step within " + ", ".join(f"{k}={v}" for k, v in chosen.items())
-                      + f" on this machine; n-gram memory: {memory}."]  # fmt: skip
+                      + f" on this machine; n-gram memory: {memory}.{ran}"]  # fmt: skip
     if curve:
         lines += ["", f"## Cost of one forward of T tokens after a {meta['cost_context']}-token cache", ""]
         lines += ["| T | " + " | ".join(str(r["T"]) for r in curve) + " |", "| --- " * (len(curve) + 1) + "|"]
