@@ -25,6 +25,7 @@ import json
 import platform
 import statistics
 import sys
+from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +45,7 @@ from minila.launch import launched_by_torchrun
 from minila.lookahead import LookaheadConfig, lookahead_generate
 from minila.memory import LENGTH, NGramMemory, tokenizer_fingerprint
 from minila.model import Transformer
+from minila.recycle import SuccessorTable, successors_path
 from minila.roofline import forward_bound, measure_limits
 
 DEFAULT_CONFIGS = ["greedy", "jacobi:8", "la:15,5,15", "la:15,5,15,10", "la:auto", "hf", "hf-pld"]
@@ -54,7 +56,9 @@ methods to run, space-separated (default: {default}):
   la:W,N,G[,C]  lookahead decoding, window W, n-gram size N, G candidates, and a
                 prompt-lookup candidate of C tokens (default 0: none; la = la:5,4,5)
   la:auto       lookahead with the step budget (what each step feeds is decided by
-                its expected tokens per cost on this machine) and the n-gram memory
+                its expected tokens per cost on this machine), the n-gram memory and
+                the successor table (token recycling)
+  la:auto-norecycle  la:auto without the successor table (for before/after runs)
   hf            transformers generate(do_sample=False)
   hf-pld[:K]    transformers prompt-lookup decoding, K tokens per guess (default 10)""".format(
     default=" ".join(DEFAULT_CONFIGS)
@@ -85,6 +89,7 @@ class Method:
     name: str  # as written on the command line, e.g. "la:15,5,15"
     kind: str  # greedy | jacobi | lookahead | hf | hf-pld
     params: tuple[int, ...] = ()
+    recycle: bool = True  # la:auto: whether the successor table drafts
 
 
 def _ints(name: str, text: str, count: int) -> tuple[int, ...]:
@@ -106,8 +111,8 @@ def parse_config(spec: str) -> Method:
     if kind == "jacobi":
         return Method(spec, "jacobi", _ints(spec, arg, 1) if arg else (8,))
     if kind in ("la", "lookahead"):
-        if arg == "auto":
-            return Method(spec, "lookahead", ())  # no params: resolved by auto_lookahead_config
+        if arg in ("auto", "auto-norecycle"):  # no params: resolved by auto_lookahead_config
+            return Method(spec, "lookahead", (), recycle=arg == "auto")
         return Method(spec, "lookahead", _ints(spec, arg, 4 if arg.count(",") == 3 else 3) if arg else (5, 4, 5))
     if kind == "hf" and not arg:
         return Method(spec, "hf")
@@ -211,14 +216,16 @@ def build_decoders(
     seed: int,
     memory: NGramMemory | None = None,
     lookahead: Callable[..., Generation] = lookahead_generate,
+    successors: SuccessorTable | None = None,
 ) -> tuple[dict[str, Decoder], dict]:
     """One Decoder per method, and facts to record (lookahead settings, peer version).
-    `memory` is what la:auto remembers across the run's prompts (None: nothing);
+    `memory` and `successors` are what la:auto remembers across the run's prompts (None: nothing);
     `lookahead` decodes the fixed la:W,N,G methods (under torchrun: minila.parallel's)."""
     eos = list(tokenizer.eos_ids)
     decoders: dict[str, Decoder] = {}
     info: dict = {}
     peer: HFPeer | None = None
+    remembering = 0  # la:auto variants so far: each after the first remembers on its own
     for m in methods:
         if m.kind == "greedy":
             decoders[m.name] = minila_decoder(model, lambda ids, k: greedy_generate(model, ids, k, eos))
@@ -229,17 +236,22 @@ def build_decoders(
             if m.params:  # the paper's step: the whole window and every candidate, every step
                 window, ngram, guess, *copy = m.params
                 config = LookaheadConfig(window, ngram, guess, copy=copy[0] if copy else 0, seed=seed)
-                budget, recall = FULL, None
+                budget, recall, table = FULL, None, None
             else:
-                config, budget, recall = auto_lookahead_config(model, seed), auto_budget(model), memory
-            info[m.name] = {"window": config.window, "ngram": config.ngram, "guess": config.guess, "copy": config.copy}
+                config, budget, recall, table = auto_lookahead_config(model, seed), auto_budget(model), memory, successors
+                if remembering:  # else one would replay the answer the other just gave
+                    recall, table = deepcopy(recall), deepcopy(table)
+                remembering += 1
+                table = table if m.recycle else None
+            info[m.name] = {"window": config.window, "ngram": config.ngram, "guess": config.guess, "copy": config.copy,
+                           "recycle": config.recycle if table is not None else 0}
             if budget is not FULL:
                 info[m.name]["budget"] = "cost"
 
-            def decode(ids, k, c=config, b=budget, r=recall):
+            def decode(ids, k, c=config, b=budget, r=recall, t=table):
                 if b is FULL:  # the paper's step, which lookahead parallelism can split
                     return lookahead(model, ids, k, c, eos)
-                return lookahead_generate(model, ids, k, c, eos, budget=b, memory=r)
+                return lookahead_generate(model, ids, k, c, eos, budget=b, memory=r, successors=t)
 
             decoders[m.name] = minila_decoder(model, decode)
         else:
@@ -555,14 +567,16 @@ def run(args: argparse.Namespace, log: Callable[[str], None], launch=None) -> di
         prompts = load_prompts(args.dataset, tokenizer, args.limit or None, args.data_dir)
         if not prompts:
             raise MinilaError(f"{args.dataset} gave no prompts")
-        memory = None
+        memory = successors = None
         if args.memory != "off":
             fingerprint = tokenizer_fingerprint(args.ckpt)
             memory = NGramMemory(fingerprint, vocab_size=model.args.vocab_size)
+            successors = SuccessorTable(model.args.vocab_size)
             if args.memory:
                 memory = NGramMemory.load(args.memory, fingerprint, model.args.vocab_size)
+                successors = SuccessorTable.load(successors_path(args.memory), fingerprint, model.args.vocab_size)
                 meta["memory"] = f"{args.memory} ({len(memory)} continuations at start)"
-        decoders, info = build_decoders(methods, model, tokenizer, args.ckpt, args.seed, memory, lookahead)
+        decoders, info = build_decoders(methods, model, tokenizer, args.ckpt, args.seed, memory, lookahead, successors)
         meta["transformers"] = info.pop("transformers", None)
         meta["lookahead"] = info
         log(f"bench: {len(prompts)} prompts x {len(decoders)} methods ({', '.join(decoders)}), "
@@ -570,6 +584,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], launch=None) -> di
         rows = run_benchmark(decoders, prompts, args.max_new_tokens, log)
         if memory is not None and args.memory:
             memory.save(args.memory)
+            successors.save(successors_path(args.memory), fingerprint)
         summary = summarize(rows)
         result["summary"], result["rows"] = summary, rows
 

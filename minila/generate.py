@@ -29,6 +29,7 @@ from minila.jacobi import jacobi_generate
 from minila.launch import launched_by_torchrun
 from minila.lookahead import LookaheadConfig, lookahead_generate
 from minila.memory import NGramMemory, default_path, tokenizer_fingerprint
+from minila.recycle import SuccessorTable, successors_path
 from minila.sampling import SamplingConfig, sample_generate
 
 DEFAULT_PROMPT = "Write a short poem about the sea."
@@ -73,8 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="cost: before each step, feed only what pays on this machine (default); "
                    "full: the whole window and every candidate, every step (the paper's step)")
     p.add_argument("--memory", default="auto", metavar="auto|off|PATH",
-                   help="n-grams of earlier runs' outputs, offered to lookahead and updated after the run "
-                   "(auto: one file per tokenizer under ~/.cache/minila or $MINILA_CACHE)")
+                   help="n-grams of earlier runs' outputs and the successor table of their logits, offered to "
+                   "lookahead and updated after the run (auto: files per tokenizer under ~/.cache/minila or "
+                   "$MINILA_CACHE; PATH: the n-gram file, the table beside it; off: neither)")
     p.add_argument("--seed", type=int, default=0, help="seeds the window (and sampling)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -165,11 +167,12 @@ def run(args: argparse.Namespace) -> dict | None:
 
         config = lookahead_config(args, model) if args.mode == "lookahead" else None
         return chat(model, tokenizer, config, sampling, args.max_new_tokens, args.system, make_printer)
-    memory_path = memory = None
+    memory_path = memory = successors = None
     if args.memory != "off" and args.mode in ("lookahead", "compare"):
         fingerprint = tokenizer_fingerprint(args.ckpt)
         memory_path = default_path(fingerprint) if args.memory == "auto" else Path(args.memory)
         memory = NGramMemory.load(memory_path, fingerprint, model.args.vocab_size)
+        successors = SuccessorTable.load(successors_path(memory_path), fingerprint, model.args.vocab_size)
     if args.no_chat:
         prompt_ids = tokenizer.encode(args.prompt)
     else:
@@ -188,7 +191,8 @@ def run(args: argparse.Namespace) -> dict | None:
             block = 8 if args.window == "auto" else args.window
             gen = jacobi_generate(model, prompt_ids, k, block, eos, args.seed, on_tokens)
         else:
-            gen = lookahead_generate(model, prompt_ids, k, config, eos, on_tokens, sampling=sampling, budget=budget, memory=memory)
+            gen = lookahead_generate(model, prompt_ids, k, config, eos, on_tokens, sampling=sampling, budget=budget, memory=memory,
+                                     successors=successors)  # fmt: skip
         if finish:
             finish()
         return gen
@@ -196,6 +200,7 @@ def run(args: argparse.Namespace) -> dict | None:
     def save_memory(result: dict) -> None:
         if memory is not None:
             memory.save(memory_path)
+            successors.save(successors_path(memory_path), memory.fingerprint)
             result["memory"] = {"path": str(memory_path), "entries": len(memory)}
 
     # one short untimed run, so that the first timed one does not pay for warm-up
