@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from minila.budget import Acceptance, Offer
+from minila.budget import DEEPEST, Acceptance, Offer
 from minila.memory import Warn, warn_stderr
 
 FORMAT, VERSION = "minila-successors", 1
@@ -186,5 +186,7 @@ def recycled_offers(table: SuccessorTable, last: int, acceptance: Acceptance, ro
     ("recycle", rank); at most `room` tokens deep."""
     if room < 1:
         return []
-    tree = grow_tree(table.successors, last, lambda rank, d: acceptance.q(("recycle", rank), d), size, room)
+    depths = min(room, DEEPEST + 1)  # from DEEPEST on, depths share one rate
+    q = [[acceptance.q(("recycle", rank), d) for d in range(depths)] for rank in range(table.k)]  # read once per step
+    tree = grow_tree(table.successors, last, lambda rank, d: q[rank][min(d, depths - 1)], size, room)
     return [Offer(tokens, ("recycle", ranks[0]), tuple(("recycle", r) for r in ranks)) for tokens, ranks in tree]

@@ -289,3 +289,76 @@ for name, p in PROMPTS.items():
 # machine and its chances from the text being decoded. Across runs, the n-gram memory
 # (`minila/memory.py`, `--memory`) adds what earlier answers said after the same two
 # tokens: ask the same kind of question twice and the second answer is faster.
+
+# %% [markdown]
+# ## Recycling every row of logits
+#
+# Every step computes a row of logits for each token whose logits it asks for: `last`,
+# every candidate (the rejected ones too), the window's top level. Verification reads one
+# number from each row, its argmax, and the rest was thrown away. Token Recycling (Luo et
+# al., ACL 2025) keeps, for every token of the vocabulary, the top 8 of the latest row that
+# token fed: a vocab × 8 table of ids (`minila/recycle.py`, 1.5 MB for SmolLM2). The same
+# token tends to be followed by the same few tokens, so the table drafts a tree from
+# `last`: its successors, their successors, and so on. The tree is one more offer for the
+# budget, each node's chance learned like the other sources' (per rank and depth), and the
+# budget decides how much of it a step feeds. The table is kept across requests, like the
+# n-gram memory. Here it learns from the chat answer, then from the code answer:
+
+# %%
+from minila.budget import Acceptance
+from minila.recycle import SuccessorTable, recycled_offers
+
+table = SuccessorTable(model.args.vocab_size)
+recycled = {
+    name: minila.lookahead_generate(model, p, LONG, limits, tokenizer.eos_ids, budget=CostBudget(cpu_curve.relative), successors=table)
+    for name, p in PROMPTS.items()
+}
+for name, gen in recycled.items():
+    assert gen.tokens == auto_runs[name].tokens  # the table only drafts: every token is still greedy's
+    print(f"{name}: S = {auto_runs[name].compression:.2f} without the table, {gen.compression:.2f} with it")
+print(f"table rows written: {int(table.touched.sum())} of {table.vocab_size}")
+
+
+def show(ids):
+    return " ".join(repr(tokenizer.decode([t])) for t in ids)
+
+
+code = recycled["code"].tokens
+last = code[40]  # a step in the middle of the code answer
+print(f"\nafter {tokenizer.decode(code[30:41])!r}, `last` = {tokenizer.decode([last])!r}")
+print(f"table[last]         = {show(table.successors(last))}")
+print(f"greedy continues    = {show(code[41:46])}")
+print("\nthe tree it drafts (12 nodes, best first by the prior's chances), one chain per leaf:")
+for offer in recycled_offers(table, last, Acceptance(), room=8, size=12):
+    ranks = "".join(str(kind[1]) for kind in offer.kinds)
+    print(f"  ranks {ranks:<6} {show(offer.tokens)}")
+
+# %% [markdown]
+# Which source earned the accepted tokens? For every step, each source gets credit for the
+# tokens its best offer had right (a token two sources offered counts for both):
+
+# %%
+def credit_by_source(gen):
+    """Tokens per step that each source's best offer had right (fed or not), after the prefill."""
+    credit, done = {}, gen.accepted[0]  # the prefill emitted the first token
+    for stat in gen.stats[1:]:
+        truth = gen.tokens[done:]  # what greedy decoding emits from this step on
+        best = {}
+        for offer in stat.plan.offers:
+            right = next((k for k, (a, b) in enumerate(zip(offer.tokens, truth)) if a != b), min(len(offer.tokens), len(truth)))
+            best[offer.kind[0]] = max(best.get(offer.kind[0], 0), right)
+        for source, right in best.items():
+            credit[source] = credit.get(source, 0) + right
+        done += stat.accepted
+    return {source: tokens / (gen.steps - 1) for source, tokens in sorted(credit.items())}
+
+
+for name, gen in recycled.items():
+    shares = "  ".join(f"{source} {value:.2f}" for source, value in credit_by_source(gen).items())
+    print(f"{name}: S = {gen.compression:.2f}; tokens per step each source had right: {shares}")
+
+# %% [markdown]
+# The credits overlap (when a copy and the table offer the same tokens, both count them) and
+# include offers the budget did not feed; S counts what was fed and accepted, plus the
+# one token every step emits. `python -m minila.bench --configs greedy la:auto
+# la:auto-norecycle hf-pld` measures the table's effect on whole datasets.
