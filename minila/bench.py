@@ -300,6 +300,7 @@ def run_benchmark(
                 "tokens": len(r.tokens), "steps": r.steps, "seconds": round(r.seconds, 5), "fed": r.fed,
                 "identical": div is None, "first_divergence": div, "trimmed": r.trimmed, "ids": r.tokens,
                 "outside": r.outside, "speedup": runs["greedy"].seconds / r.seconds if r.seconds else 0.0,
+                **({"task": prompt.task} if prompt.task else {}),
                 **({"rank_fed": list(r.rank_fed)} if r.rank_fed else {}),
             })  # fmt: skip
             mark = "" if div is None else f" DIFF@{div}"
@@ -338,6 +339,15 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def summarize_tasks(rows: list[dict]) -> dict[str, list[dict]]:
+    """`summarize` over each task's rows and over all of them ("overall"), as Spec-Bench's
+    leaderboard reports them; empty when the prompts have no tasks."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows if "task" in r))
+    if not tasks:
+        return {}
+    return {**{t: summarize([r for r in rows if r.get("task") == t]) for t in tasks}, "overall": summarize(rows)}
+
+
 # ------------------------------------------------------------------------- cost curve
 
 
@@ -366,7 +376,19 @@ def cost_curve(
 # ------------------------------------------------------------------------- report
 
 
-def markdown(meta: dict, summary: list[dict] | None, curve: list[dict] | None) -> str:
+def task_table(by_task: dict[str, list[dict]]) -> list[str]:
+    """Markdown lines: one row per method, one column per task, each cell "S / speedup"."""
+    tasks = list(by_task)
+    lines = ["| method | " + " | ".join(tasks) + " |", "| --- " * (len(tasks) + 1) + "|"]
+    for i, name in enumerate(s["method"] for s in by_task["overall"]):
+        cells = [f"{by_task[t][i]['S']:.2f} / {by_task[t][i]['speedup']:.2f}x" for t in tasks]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    prompts = ", ".join(f"{t} {by_task[t][0]['prompts']}" for t in tasks)
+    return lines + ["", f"Each cell: S (Spec-Bench's mean accepted tokens) / speedup over minila greedy (tok/s) "
+                    f"on the task's prompts ({prompts})."]  # fmt: skip
+
+
+def markdown(meta: dict, summary: list[dict] | None, curve: list[dict] | None, by_task: dict | None = None) -> str:
     lines = [f"# minila benchmark: {meta.get('dataset') or 'cost curve'}", ""]
     lines.append(
         f"{meta['model']} · {meta['device']} {meta['dtype']} · {meta.get('forward', 'plain')} forward · "
@@ -402,6 +424,8 @@ def markdown(meta: dict, summary: list[dict] | None, curve: list[dict] | None) -
             "greedy's, token for token. Peers (hf*): transformers generate; their forward passes are counted "
             "by a hook on the model, their output cut at the first EOS and at the budget.",
         ]
+        if by_task:
+            lines += ["", "## Per task", "", *task_table(by_task)]
         parallel = [s for s in summary if s.get("rank_fed_per_step")]
         if parallel:
             lines += ["", f"## Lookahead parallelism: each step split over {meta['ranks']} ranks", "",
@@ -510,9 +534,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m minila.bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     p.add_argument("--ckpt", required=True, help="an HF-format Llama folder")
-    p.add_argument("--dataset", help="mtbench, humaneval (from `make bench-data`) or a FILE.jsonl\n"
-                   '(one {"prompt": ...} or {"turns": [...]} per line; "raw": true skips the chat template)')  # fmt: skip
-    p.add_argument("--limit", type=int, default=20, help="first K prompts; 0 = all (default %(default)s)")
+    p.add_argument("--dataset", help="mtbench, humaneval (from `make bench-data`), specbench (bench/specbench)\n"
+                   'or a FILE.jsonl (one {"prompt": ...} or {"turns": [...]} per line; "raw": true skips the chat template)')  # fmt: skip
+    p.add_argument("--limit", type=int, default=20, help="first K prompts; 0 = all (default %(default)s; not specbench)")  # fmt: skip
+    p.add_argument("--per-task", type=int, default=10, help="specbench: K prompts of each of its 6 tasks; 0 = all 80\n"
+                   "(default %(default)s)")  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, metavar="CONFIG", help=CONFIG_HELP)
     p.add_argument("--out", help="output folder (default bench/out/<dataset>)")
@@ -537,9 +563,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None], launch=None) -> di
     """The benchmark; `launch` (minila.launch.Launch) when started by torchrun: then every
     rank runs it in step, the la:* methods split each step over the ranks, rank 0 reports."""
     if not args.dataset and not args.cost_curve:
-        raise MinilaError("give --dataset (mtbench, humaneval or FILE.jsonl), --cost-curve, or both")
-    if args.limit < 0 or args.max_new_tokens < 1:
-        raise MinilaError("--limit must be >= 0 and --max-new-tokens >= 1")
+        raise MinilaError("give --dataset (mtbench, humaneval, specbench or FILE.jsonl), --cost-curve, or both")
+    if args.limit < 0 or args.per_task < 0 or args.max_new_tokens < 1:
+        raise MinilaError("--limit and --per-task must be >= 0 and --max-new-tokens >= 1")
     methods = parse_configs(args.configs) if args.dataset else []
     torch.set_num_threads(args.threads)
     model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype, forward=args.forward)
@@ -550,7 +576,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], launch=None) -> di
     out = Path(args.out or Path("bench/out") / label)
     meta = {
         "dataset": args.dataset, "model": Path(args.ckpt).name, "ckpt": str(args.ckpt),
-        "max_new_tokens": args.max_new_tokens, "limit": args.limit, "threads": args.threads,
+        "max_new_tokens": args.max_new_tokens, "limit": args.limit, "per_task": args.per_task, "threads": args.threads,
         "device": str(model.device), "dtype": args.dtype, "forward": model.attention_kernel.name, "seed": args.seed, "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "configs": [m.name for m in methods],
@@ -564,7 +590,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], launch=None) -> di
         log("  " + "  ".join(f"T={r['T']}: {r['relative']:.2f}" for r in result["cost_curve"]))
     summary = None
     if args.dataset:
-        prompts = load_prompts(args.dataset, tokenizer, args.limit or None, args.data_dir)
+        prompts = load_prompts(args.dataset, tokenizer, args.limit or None, args.data_dir, args.per_task or None)
         if not prompts:
             raise MinilaError(f"{args.dataset} gave no prompts")
         memory = successors = None
@@ -585,14 +611,16 @@ def run(args: argparse.Namespace, log: Callable[[str], None], launch=None) -> di
         if memory is not None and args.memory:
             memory.save(args.memory)
             successors.save(successors_path(args.memory), fingerprint)
-        summary = summarize(rows)
+        summary, by_task = summarize(rows), summarize_tasks(rows)
         result["summary"], result["rows"] = summary, rows
+        if by_task:
+            result["tasks"] = by_task
 
     if launch is not None and launch.rank != 0:
         return result  # rank 0 reports
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    table = markdown(meta, summary, result.get("cost_curve"))
+    table = markdown(meta, summary, result.get("cost_curve"), result.get("tasks"))
     (out / "results.md").write_text(table)
     written = [] if args.no_plots else plots(out, summary, result.get("cost_curve"))
     print(table)
