@@ -29,7 +29,6 @@ def best(fn, repeats: int = 50) -> float:
     return min(times)
 
 
-@torch.inference_mode()
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", default="weights/smollm2-135m-instruct")
@@ -37,6 +36,11 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model, _ = load_checkpoint(args.ckpt, device="cpu")
+    with torch.inference_mode():
+        measure(model)
+
+
+def measure(model) -> None:
     vocab = model.args.vocab_size
     gen = torch.Generator().manual_seed(0)
     cache = model.new_cache(400)
@@ -53,8 +57,7 @@ def main() -> None:
         update = best(lambda: table.update(tokens, logits))
         print(f"R={rows:2}: argmax {1000 * argmax:.3f} ms, table update (top-8 + write) {1000 * update:.3f} ms "
               f"= {100 * update / step:.1f}% of a greedy step")  # fmt: skip
-    for t in range(vocab):  # a warm table: every row written
-        table.ids[t] = torch.randperm(vocab, generator=gen)[:8].to(torch.int32)
+    table.ids.copy_(torch.randint(vocab, table.ids.shape, generator=gen))  # a warm table: every row written
     acceptance = Acceptance()
     for size in (8, 16, 32):
         draft = best(lambda: recycled_offers(table, 5, acceptance, 127, size))
