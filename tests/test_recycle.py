@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scripted import ScriptedModel, periodic
 
 from minila import LookaheadConfig, greedy_generate, lookahead_generate
-from minila.budget import Acceptance, CostBudget
+from minila.budget import Acceptance, CostBudget, Offer
 from minila.recycle import NONE, SuccessorTable, grow_tree, recycled_offers, successors_path
 
 # ------------------------------------------------------------------------- the table
@@ -103,6 +103,17 @@ def test_offers_carry_a_kind_per_rank_and_respect_the_room():
             assert o.kind_at(depth) == ("recycle", rank)
             token = t
     assert recycled_offers(table, 0, Acceptance(), room=0, size=6) == []
+
+
+def test_a_recycled_chain_is_priced_and_scored_per_rank():
+    acceptance = Acceptance()
+    kinds = (("recycle", 0), ("recycle", 2), ("recycle", 0))
+    offer = Offer((5, 6, 7), ("recycle", 0), kinds)
+    q = [acceptance.q(kind, depth) for depth, kind in enumerate(kinds)]
+    assert acceptance.chance(offer) == pytest.approx([q[0], q[0] * q[1], q[0] * q[1] * q[2]])
+    acceptance.score([offer], [5, 6, 9], window_ran=False)
+    assert dict(acceptance.tried) == {(kinds[0], 0): 1, (kinds[1], 1): 1, (kinds[2], 2): 1}
+    assert {key: n for key, n in acceptance.right.items() if n} == {(kinds[0], 0): 1, (kinds[1], 1): 1}
 
 
 # ------------------------------------------------------------------------- exactness and use
