@@ -243,10 +243,9 @@ def build_decoders(
                     recall, table = deepcopy(recall), deepcopy(table)
                 remembering += 1
                 table = table if m.recycle else None
-            info[m.name] = {"window": config.window, "ngram": config.ngram, "guess": config.guess, "copy": config.copy,
-                           "recycle": config.recycle if table is not None else 0}
+            info[m.name] = {"window": config.window, "ngram": config.ngram, "guess": config.guess, "copy": config.copy}
             if budget is not FULL:
-                info[m.name]["budget"] = "cost"
+                info[m.name].update(recycle=config.recycle if table is not None else 0, budget="cost")
 
             def decode(ids, k, c=config, b=budget, r=recall, t=table):
                 if b is FULL:  # the paper's step, which lookahead parallelism can split

@@ -26,6 +26,7 @@ from minila.bench import (
 )
 from minila.bench_data import DATASETS, MT_BENCH_CATEGORIES, SPECBENCH_TASKS, Prompt, load_prompts, select_per_task
 from minila.memory import NGramMemory
+from minila.recycle import SuccessorTable
 
 BENCH_DATA = Path(__file__).resolve().parents[1] / "bench" / "data"
 
@@ -172,13 +173,19 @@ def test_configs():
 def test_la_auto_decides_each_step_and_remembers_across_prompts(monkeypatch, tmp_path: Path, one_thread):
     monkeypatch.setenv("MINILA_CACHE", str(tmp_path))  # where autotune keeps its measurements
     model, tok = tiny_model(0, max_seq_len=512), FakeTokenizer()  # room for a cost curve up to 128 tokens after 200
-    memory = NGramMemory("fake", vocab_size=64)
-    decoders, info = build_decoders(parse_configs(["la:auto"]), model, tok, None, seed=0, memory=memory)
+    memory, table = NGramMemory("fake", vocab_size=64), SuccessorTable(64)
+    methods = parse_configs(["la:auto", "la:auto-norecycle"])
+    decoders, info = build_decoders(methods, model, tok, None, seed=0, memory=memory, successors=table)
     assert info["la:auto"]["budget"] == "cost" and isinstance(auto_lookahead_config(model, seed=0), LookaheadConfig)
+    assert info["la:auto"]["recycle"] > 0 and info["la:auto-norecycle"]["recycle"] == 0
     ids = tok.apply_chat_template([{"content": "hello world"}])
     run = decoders["la:auto"](ids, 20)
     assert run.tokens == greedy_generate(model, ids, 20, tok.eos_ids).tokens
     assert len(memory) > 0 and run.outside is not None and run.outside > 0  # learnt the answer; timed its bookkeeping
+    learnt, written = len(memory), table.ids.clone()
+    assert table.touched.any()
+    assert decoders["la:auto-norecycle"](ids, 20).tokens == run.tokens
+    assert len(memory) == learnt and torch.equal(table.ids, written)  # the other variant remembers on its own
 
 
 def test_cut_follows_minilas_stopping_rule():
