@@ -1,6 +1,7 @@
 """Measure how often each kind of offer is right: the data behind `budget.PRIOR`.
 
-Runs `auto` (the step budget, memory off) on held-out prompts, MT-bench 60-69 and
+Runs `auto` (the step budget, n-gram memory off, one successor table carried across the
+prompts, as la:auto's bench run does) on held-out prompts, MT-bench 60-69 and
 HumanEval 100-109 (the bench and its goals use the first 20 of each), and prints, per
 kind of evidence and depth, how many offered tokens were tested and how many were right
 (every offer is scored, fed or not), plus how the budget's expected tokens per step
@@ -20,6 +21,7 @@ from minila import greedy_generate, load_checkpoint, lookahead_generate
 from minila.cli.bench.prompts import load_prompts
 from minila.lookahead.auto import auto_budget, auto_config
 from minila.speed.budget import Acceptance
+from minila.speed.recycle import SuccessorTable
 
 HELD_OUT = {"mtbench": range(60, 70), "humaneval": range(100, 110)}
 
@@ -33,12 +35,14 @@ def main() -> None:
     model, tok = load_checkpoint(args.ckpt, device="cpu")
     config, budget = auto_config(model), auto_budget(model)
     tried, right, expected, accepted = Counter(), Counter(), 0.0, 0
+    successors = SuccessorTable(model.args.vocab_size)
     for dataset, indices in HELD_OUT.items():
         prompts = load_prompts(dataset, tok, None, "bench/data")
         for i in indices:
             acceptance = Acceptance()
             ids = prompts[i].ids
-            gen = lookahead_generate(model, ids, args.max_new_tokens, config, tok.eos_ids, budget=budget, acceptance=acceptance)
+            gen = lookahead_generate(model, ids, args.max_new_tokens, config, tok.eos_ids, budget=budget, acceptance=acceptance,
+                                     successors=successors)  # fmt: skip
             assert gen.tokens == greedy_generate(model, ids, args.max_new_tokens, tok.eos_ids).tokens
             tried.update(acceptance.tried)
             right.update(acceptance.right)

@@ -12,12 +12,20 @@ from helpers import tiny_model
 
 from minila import LookaheadConfig, MinilaError, greedy_generate
 from minila.cli.bench.decoders import Run, auto_lookahead_config, build_decoders, cut
-from minila.cli.bench.interleaved import run_benchmark, summarize
+from minila.cli.bench.interleaved import run_benchmark, summarize, summarize_tasks
 from minila.cli.bench.main import main
 from minila.cli.bench.methods import parse_configs
-from minila.cli.bench.prompts import DATASETS, Prompt, load_prompts
-from minila.cli.bench.report import markdown
+from minila.cli.bench.prompts import (
+    DATASETS,
+    MT_BENCH_CATEGORIES,
+    SPECBENCH_TASKS,
+    Prompt,
+    load_prompts,
+    select_per_task,
+)
+from minila.cli.bench.report import markdown, task_table
 from minila.speed.memory import NGramMemory
+from minila.speed.recycle import SuccessorTable
 
 BENCH_DATA = Path(__file__).resolve().parents[1] / "bench" / "data"
 
@@ -98,6 +106,48 @@ def test_real_datasets():
     assert len(load_prompts("humaneval", tok, 5, BENCH_DATA)) == 5
 
 
+def test_specbench_takes_k_per_task_spread_over_each_task():
+    cats = [c for c in MT_BENCH_CATEGORIES for _ in range(2)] + ["qa"] * 5 + ["rag"] * 3  # 16 + 5 + 3
+    records = [{"question_id": i, "category": c} for i, c in enumerate(cats)]
+    picked = select_per_task(list(reversed(records)), 4)  # tasks come out in Spec-Bench's order, not the file's
+    assert [r["question_id"] for r in picked] == [15, 11, 7, 3, 20, 19, 18, 17, 23, 22, 21]
+    assert [r["question_id"] for r in select_per_task(records, 2)] == [0, 8, 16, 18, 21, 22]  # evenly, from the first
+    assert len(select_per_task(records, None)) == len(records)
+    with pytest.raises(MinilaError, match="unknown categories"):
+        select_per_task(records + [{"question_id": 99, "category": "poetry"}], 1)
+
+
+def test_specbench_is_vendored():
+    tok = FakeTokenizer()
+    prompts = load_prompts("specbench", tok, per_task=10)
+    assert [p.task for p in prompts] == [t for t in SPECBENCH_TASKS for _ in range(10)]
+    assert prompts[0].name == "specbench/81" and prompts[0].text.startswith("Compose an engaging travel blog post")
+    assert prompts[0].ids == tuple(tok.apply_chat_template([{"content": prompts[0].text}]))  # first turn, chat
+    assert prompts[10].text.startswith("Translate German to English:")
+    mt_ids = [int(p.name.split("/")[1]) for p in prompts[:10]]
+    assert len({(q - 81) // 10 for q in mt_ids}) == 8  # all eight MT-bench categories (10 questions each)
+    assert len(load_prompts("specbench", tok, per_task=None)) == 480
+
+
+def test_per_task_summary():
+    def row(method, task, tokens, steps, seconds):
+        return {"method": method, "task": task, "tokens": tokens, "steps": steps, "seconds": seconds, "fed": steps,
+                "identical": True, "outside": None, "speedup": 1.0}  # fmt: skip
+
+    rows = [row("greedy", "qa", 10, 10, 1.0), row("la", "qa", 10, 4, 0.5),
+            row("greedy", "rag", 30, 30, 3.0), row("la", "rag", 30, 10, 1.5),
+            row("greedy", "rag", 10, 10, 1.0), row("la", "rag", 10, 10, 2.0)]  # fmt: skip
+    by_task = summarize_tasks(rows)
+    assert list(by_task) == ["qa", "rag", "overall"]
+    la = {t: next(s for s in by_task[t] if s["method"] == "la") for t in by_task}
+    assert la["qa"]["S"] == 2.5 and la["qa"]["speedup"] == 2.0 and la["qa"]["prompts"] == 1
+    assert la["rag"]["S"] == 2.0 and la["rag"]["speedup"] == pytest.approx((40 / 3.5) / (40 / 4.0))
+    assert la["overall"]["S"] == 50 / 24 and la["overall"]["speedup"] == pytest.approx((50 / 4.0) / (50 / 5.0))
+    table = "\n".join(task_table(by_task))
+    assert "| method | qa | rag | overall |" in table and "| la | 2.50 / 2.00x | 2.00 / 1.14x | 2.08 / 1.25x |" in table
+    assert summarize_tasks([{k: v for k, v in r.items() if k != "task"} for r in rows]) == {}  # no tasks: no table
+
+
 # ------------------------------------------------------------------------- configs
 
 
@@ -122,14 +172,20 @@ def test_configs():
 def test_la_auto_decides_each_step_and_remembers_across_prompts(monkeypatch, tmp_path: Path, one_thread):
     monkeypatch.setenv("MINILA_CACHE", str(tmp_path))  # where the cost curve is kept
     model, tok = tiny_model(0, max_seq_len=512), FakeTokenizer()  # room for a cost curve up to 128 tokens after 200
-    memory = NGramMemory("fake", vocab_size=64)
-    decoders, info = build_decoders(parse_configs(["la:auto"]), model, tok, None, seed=0, memory=memory)
+    memory, table = NGramMemory("fake", vocab_size=64), SuccessorTable(64)
+    methods = parse_configs(["la:auto", "la:auto-norecycle"])
+    decoders, info = build_decoders(methods, model, tok, None, seed=0, memory=memory, successors=table)
     assert info["la:auto"]["budget"] == "cost" and isinstance(auto_lookahead_config(model, seed=0), LookaheadConfig)
+    assert info["la:auto"]["recycle"] > 0 and info["la:auto-norecycle"]["recycle"] == 0
     ids = tok.apply_chat_template([{"content": "hello world"}])
     run = decoders["la:auto"](ids, 20)
     assert run.tokens == greedy_generate(model, ids, 20, tok.eos_ids).tokens
     assert len(memory) > 0 and run.outside is not None and run.outside > 0  # learnt the answer; timed its bookkeeping
     assert 0 <= run.window_steps <= run.steps - 1  # the budget's choice, counted per step
+    learnt, written = len(memory), table.ids.clone()
+    assert table.touched.any()
+    assert decoders["la:auto-norecycle"](ids, 20).tokens == run.tokens
+    assert len(memory) == learnt and torch.equal(table.ids, written)  # the other variant remembers on its own
 
 
 def test_cut_follows_minilas_stopping_rule():

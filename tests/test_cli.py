@@ -12,6 +12,8 @@ import torch
 
 from minila.cli.common import first_divergence
 from minila.cli.generate import main
+from minila.speed.memory import tokenizer_fingerprint
+from minila.speed.recycle import SuccessorTable, successors_path
 
 
 def run_json(capsys, *argv: str) -> dict:
@@ -47,6 +49,9 @@ def test_the_memory_file_is_used_merged_and_survives_damage(make_tiny_llama, cap
     assert first["identical"] and second["identical"] and second["tokens"] == first["tokens"]
     assert first["budget"] == "cost" and second["memory"]["entries"] == first["memory"]["entries"] > 0
     assert second["steps"] < first["steps"]
+    vocab = json.loads((folder / "config.json").read_text())["vocab_size"]  # the successor table sits beside it
+    table = SuccessorTable.load(successors_path(path), tokenizer_fingerprint(folder), vocab, warn=pytest.fail)
+    assert 0 < int((table.ids[:, 0] >= 0).sum()) < vocab
     path.write_text("{ torn")
     assert main([*argv, "--json", "--device", "cpu", "--memory", str(path)]) == 0
     captured = capsys.readouterr()

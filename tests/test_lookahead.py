@@ -14,6 +14,7 @@ from scripted import ScriptedModel, context_hash, periodic
 from minila import LookaheadConfig, MinilaError, greedy_generate, jacobi_generate, lookahead_generate
 from minila.speed.budget import FULL, CostBudget
 from minila.speed.memory import LENGTH, NGramMemory
+from minila.speed.recycle import SuccessorTable
 
 configs = st.builds(
     LookaheadConfig,
@@ -25,6 +26,7 @@ configs = st.builds(
     pool_from_prompt=st.booleans(),
     pool_from_output=st.booleans(),
     copy=st.sampled_from([0, 0, 1, 3, 10]),
+    recycle=st.sampled_from([0, 0, 3, 16]),
 )
 
 
@@ -71,6 +73,18 @@ def memories(draw, vocab: int):
     return memory
 
 
+@st.composite
+def tables(draw, vocab: int):
+    """None, or a successor table: empty, or holding random rows (drafts that are wrong)."""
+    if draw(st.booleans()):
+        return None
+    table = SuccessorTable(vocab, draw(st.integers(1, 8)))
+    if draw(st.booleans()):
+        fed = draw(st.lists(st.integers(0, vocab - 1), max_size=8))
+        table.update(fed, torch.randn(len(fed), vocab, generator=torch.Generator().manual_seed(len(fed))))
+    return table
+
+
 @pytest.mark.slow
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(tiny_models(), configs, budgets(), st.data())
@@ -80,11 +94,13 @@ def test_lookahead_equals_greedy(model, config, budget, data):
     greedy = greedy_generate(model, prompt, max_new, eos)
     if memory is not None and data.draw(st.booleans()):  # a memory that knows (part of) this very answer
         memory.learn(prompt + greedy.tokens[: data.draw(st.integers(0, max_new))])
-    look = lookahead_generate(model, prompt, max_new, config, eos, budget=budget, memory=memory)
+    successors = data.draw(tables(model.args.vocab_size))
+    look = lookahead_generate(model, prompt, max_new, config, eos, budget=budget, memory=memory, successors=successors)
     assert look.tokens == greedy.tokens
     assert look.stop_reason == greedy.stop_reason
     assert sum(look.accepted) == len(look.tokens) and look.steps <= greedy.steps
-    longest = max(config.ngram, config.copy + 1, LENGTH + 1 if memory is not None and budget is not FULL else 0)
+    longest = max(config.ngram, config.copy + 1, LENGTH + 1 if memory is not None and budget is not FULL else 0,
+                  config.recycle + 1 if successors is not None and budget is not FULL else 0)
     assert all(1 <= a <= longest for a in look.accepted[1:] if a)
     assert max((s.width for s in look.stats[1:]), default=0) <= config.step_tokens  # the cache reserves this many rows
 

@@ -32,6 +32,7 @@ from minila.lookahead.loop import lookahead_generate
 from minila.parallel.launch import launched_by_torchrun
 from minila.speed.budget import FULL
 from minila.speed.memory import NGramMemory, default_path, tokenizer_fingerprint, warn_stderr
+from minila.speed.recycle import SuccessorTable, successors_path
 from minila.user_files import cache_root, unwritable
 
 DEFAULT_PROMPT = "Write a short poem about the sea."
@@ -56,8 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="cost: before each step, feed only what pays on this machine (default); "
                    "full: the whole window and every candidate, every step (the paper's step)")
     p.add_argument("--memory", default="auto", metavar="auto|off|PATH",
-                   help="n-grams of earlier runs' outputs, offered to lookahead and updated after the run "
-                   "(auto: one file per tokenizer under ~/.cache/minila or $MINILA_CACHE)")
+                   help="n-grams of earlier runs' outputs and the successor table of their logits, offered to "
+                   "lookahead and updated after the run (auto: files per tokenizer under ~/.cache/minila or "
+                   "$MINILA_CACHE; PATH: the n-gram file, the table beside it; off: neither)")
     p.add_argument("--seed", type=int, default=0, help="seeds the window (and sampling)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -119,9 +121,11 @@ def run(args: argparse.Namespace) -> dict | None:
 
         config = lookahead_config(args, model) if args.mode == "lookahead" else None
         return chat(model, tokenizer, config, sampling, args.max_new_tokens, args.system, make_printer)
-    memory = None
-    if memory_path is not None:
-        memory = NGramMemory.load(memory_path, tokenizer_fingerprint(args.ckpt), model.args.vocab_size)
+    memory = successors = None
+    if memory_path is not None:  # the n-gram memory, and the successor table beside it
+        fingerprint = tokenizer_fingerprint(args.ckpt)
+        memory = NGramMemory.load(memory_path, fingerprint, model.args.vocab_size)
+        successors = SuccessorTable.load(successors_path(memory_path), fingerprint, model.args.vocab_size)
     if args.no_chat:
         prompt_ids = tokenizer.encode(args.prompt)
     else:
@@ -140,7 +144,8 @@ def run(args: argparse.Namespace) -> dict | None:
             block = 8 if args.window == "auto" else args.window
             gen = jacobi_generate(model, prompt_ids, k, block, eos, args.seed, on_tokens)
         else:
-            gen = lookahead_generate(model, prompt_ids, k, config, eos, on_tokens, sampling=sampling, budget=budget, memory=memory)
+            gen = lookahead_generate(model, prompt_ids, k, config, eos, on_tokens, sampling=sampling, budget=budget, memory=memory,
+                                     successors=successors)  # fmt: skip
         if finish:
             finish()
         return gen
@@ -151,6 +156,7 @@ def run(args: argparse.Namespace) -> dict | None:
             return
         try:
             memory.save(memory_path)
+            successors.save(successors_path(memory_path), memory.fingerprint)
         except OSError as e:
             warn_stderr(f"the n-gram memory was not saved to {memory_path} ({e.strerror or first_line(e)})")
             return

@@ -2,13 +2,15 @@
 
     prefill the prompt -> first token (step 1)
     repeat:
-        offers     = pool[last] (+ a copied continuation if copy > 0, + the memory's)
+        offers     = pool[last] (+ a copied continuation if copy > 0, + the memory's,
+                     + the successor table's tree when a budget chooses)
         plan       = budget(offers): which candidates to verify, whether the window runs
         layout     = step_layout(W, levels, candidate tree)  (rows, positions, mask)
         logits     = model(one forward of last + window + candidates)
         fresh      = argmax of the window's top level (one Jacobi update)
         pool      += the window's W columns + fresh   (harvest)
         verdict    = verify(last row, candidate rows) (1 .. N tokens)
+        table     += top-K of every row of logits (recycle.py)
         cache.commit(rows of last + matched candidate tokens)
         window.advance(fresh); emit verdict.tokens
 
@@ -36,6 +38,7 @@ from minila.lookahead.verify import verify
 from minila.lookahead.window import LookaheadWindow
 from minila.speed.budget import FULL, Acceptance, Budget, Offer
 from minila.speed.memory import NGramMemory
+from minila.speed.recycle import SuccessorTable, recycled_offers
 
 
 @dataclass(frozen=True)
@@ -50,27 +53,29 @@ class LookaheadConfig:
     pool_from_prompt: bool = True  # seed the pool with the prompt's n-grams
     pool_from_output: bool = True  # and with the accepted output's
     copy: int = 0  # also verify a prompt-lookup candidate of this many tokens (0: off)
+    recycle: int = 0  # nodes of the successor table's tree a budget may choose from (0: off; recycle.py)
 
     def __post_init__(self) -> None:
-        for name, low in (("window", 1), ("ngram", 2), ("guess", 0), ("copy", 0)):
+        for name, low in (("window", 1), ("ngram", 2), ("guess", 0), ("copy", 0), ("recycle", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise MinilaError(
                     f"LookaheadConfig.{name} must be an integer >= {low}, got {value!r} "
-                    "(W >= 1 columns, N >= 2 tokens per n-gram, G >= 0 candidates, copy >= 0 tokens)"
+                    "(W >= 1 columns, N >= 2 tokens per n-gram, G >= 0 candidates, copy and recycle >= 0)"
                 )
         if self.warmup not in ("fill", "seed"):
             raise MinilaError(f"LookaheadConfig.warmup must be 'fill' or 'seed', got {self.warmup!r}")
 
     @property
     def label(self) -> str:
-        """W=15 N=5 G=15 (and copy=K when on), for messages and tables."""
-        return f"W={self.window} N={self.ngram} G={self.guess}" + (f" copy={self.copy}" if self.copy else "")
+        """W=15 N=5 G=15 (and copy=K, recycle=K when on), for messages and tables."""
+        on = "".join(f" {name}={getattr(self, name)}" for name in ("copy", "recycle") if getattr(self, name))
+        return f"W={self.window} N={self.ngram} G={self.guess}" + on
 
     @property
     def step_tokens(self) -> int:
         """The most tokens a step feeds: last + window + candidates (when none share a prefix)."""
-        return 1 + (self.window - 1) + (self.ngram - 2) * self.window + self.guess * (self.ngram - 1) + self.copy
+        return 1 + (self.window - 1) + (self.ngram - 2) * self.window + self.guess * (self.ngram - 1) + self.copy + self.recycle
 
 
 @torch.inference_mode()
@@ -87,6 +92,7 @@ def lookahead_generate(
     memory: NGramMemory | None = None,
     acceptance: Acceptance | None = None,
     cache: KVCache | None = None,
+    successors: SuccessorTable | None = None,
 ) -> Generation:
     """Decode exactly as greedy decoding would, several tokens per forward pass.
     `choose` picks the model's token from a row of logits (argmax: greedy; a sampler:
@@ -98,7 +104,8 @@ def lookahead_generate(
     by default a fresh one (the prior) per request; pass one to carry it across requests.
     `cache`: one that already holds the prompt's first tokens (a conversation so far, see
     generation.request_cache), with room for this request; only the rest of the prompt is
-    prefilled."""
+    prefilled. `successors`: a table that learns from every row of logits and, for a budget
+    that `wants_more`, drafts a tree (recycle.py); pass one to carry it across requests."""
     if sampling is not None:
         if choose is not argmax:
             raise MinilaError("give lookahead_generate either `choose` or `sampling`, not both")
@@ -120,13 +127,15 @@ def lookahead_generate(
     lookup = ContextLookup()
     lookup.extend(context)
     acceptance = Acceptance() if acceptance is None else acceptance  # what offers turn out to be worth
-    max_nodes = config.guess * (config.ngram - 1) + config.copy  # candidate rows the cache reserves
+    max_nodes = config.guess * (config.ngram - 1) + config.copy + config.recycle  # candidate rows the cache reserves
     while not gen.done(max_new_tokens):
         start = time.perf_counter()
         last = context[-1]
         # a candidate longer than the remaining budget - 1 cannot pay off: trim it
         room = max_new_tokens - len(gen.tokens) - 1
         offers = gather_offers(context, pool, lookup, memory, config, room, budget.wants_more)
+        if successors is not None and config.recycle and budget.wants_more:  # the paper's step (FULL) stays as it was
+            offers += recycled_offers(successors, last, acceptance, room, config.recycle)
         levels = len(window.levels)
         rows, logit_rows = config.window * levels - 1, config.window - (levels == 1)  # beyond `last`'s
         plan = budget.plan(offers, acceptance, rows, logit_rows, max_nodes)
@@ -147,10 +156,12 @@ def lookahead_generate(
         verdict = verify(
             choose(logits[0]), plan.candidates, lambda j, k: choose(logits[layout.first_node_logit + tree.paths[j][k]])
         )
-        kept = [0]  # `last`, then the matched tokens of the winner
-        if verdict.candidate is not None:
-            kept += [layout.first_node_row + node for node in tree.paths[verdict.candidate][: verdict.matched]]
-        cache.commit(kept)
+        matched = tree.paths[verdict.candidate][: verdict.matched] if verdict.candidate is not None else ()
+        cache.commit([0] + [layout.first_node_row + node for node in matched])  # `last`, then the matched tokens
+        if successors is not None:  # the kept rows last: where a token fed several rows, theirs win
+            kept = [0] + [layout.first_node_logit + node for node in matched]
+            row_tokens = [tokens[r] for r in layout.logit_rows.tolist()]
+            successors.update(row_tokens, logits, [i for i in range(len(row_tokens)) if i not in kept] + kept)
 
         if plan.window:
             pool.add_all(window.ngrams(last, fresh))

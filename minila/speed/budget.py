@@ -3,10 +3,11 @@
 A step always feeds `last` and always emits the model's token after it. Everything else
 it may feed is a bet:
 
-- **candidate tokens**, offered by three sources: the n-gram pool (`lookahead/ngram_pool.py`:
+- **candidate tokens**, offered by four sources: the n-gram pool (`lookahead/ngram_pool.py`:
   n-grams read in the text or guessed by the window), the copy lookup (what followed the
-  latest occurrence of the context's tail) and the memory (`memory.py`: what earlier
-  requests produced after the same two tokens). A candidate token earns one token if it,
+  latest occurrence of the context's tail), the memory (`memory.py`: what earlier
+  requests produced after the same two tokens) and the successor table (`recycle.py`: a
+  tree of what the model's latest rows of logits ranked highest after each token). A candidate token earns one token if it,
   and every token before it on its chain, is what greedy decoding emits there.
 - **the window** (`lookahead/window.py`), whose rows emit nothing this step: they move the Jacobi
   trajectory on, and the n-grams it yields may be accepted in later steps.
@@ -29,7 +30,9 @@ greedy cost.
 **Where p comes from.** A node's p is the product along its chain of q(kind, depth): how
 often a token of that kind at that depth was right, given that the tokens before it were.
 The kind is the evidence its source has: the copy's match length, a pool n-gram's count
-and whether the text ever contained it, a memory continuation's count. Each q starts from
+and whether the text ever contained it, a memory continuation's count, a recycled
+token's rank among its predecessor's successors (the one source whose kind changes along
+a chain: `Offer.kinds`). Each q starts from
 a prior worth a few observations (PRIOR) and is learned within the request: once the text
 has moved past a step, every chain offered there, fed or not, is scored against what
 greedy decoding actually emitted (`Acceptance.score`). Scoring unfed offers too keeps the
@@ -60,6 +63,7 @@ PRIOR: dict[Hashable, tuple[float, float]] = {
     "copy": (0.3, 0.7), ("copy", 1): (0.18, 0.65), ("copy", 2): (0.45, 0.75), ("copy", 3): (0.7, 0.8),
     "pool": (0.1, 0.5), ("pool", True, 1): (0.24, 0.6), ("pool", True, 2): (0.36, 0.7), ("pool", True, 3): (0.6, 0.8),
     "memory": (0.3, 0.6),
+    "recycle": (0.03, 0.05), ("recycle", 0): (0.35, 0.45), ("recycle", 1): (0.12, 0.15), ("recycle", 2): (0.06, 0.08),
 }
 PRIOR_WEIGHT = 2.0  # observations a prior rate is worth
 WINDOW_PRIOR = (0.1, 4.0)  # (tokens a window step earns, steps that belief is worth)
@@ -72,6 +76,10 @@ class Offer:
 
     tokens: tuple[int, ...]
     kind: Kind
+    kinds: tuple[Kind, ...] = ()  # one per token where the evidence changes along the chain (recycle.py)
+
+    def kind_at(self, depth: int) -> Kind:
+        return self.kinds[depth] if self.kinds else self.kind
 
     @property
     def harvested(self) -> bool:
@@ -164,7 +172,7 @@ class Acceptance:
         """P(offer.tokens[:k+1] is right) for every k."""
         out, p = [], 1.0
         for depth in range(len(offer.tokens)):
-            p *= self.q(offer.kind, depth)
+            p *= self.q(offer.kind_at(depth), depth)
             out.append(p)
         return out
 
@@ -175,16 +183,23 @@ class Acceptance:
 
     def score(self, offers: Sequence[Offer], truth: Sequence[int], window_ran: bool) -> None:
         """Learn from one step, once `truth` (what greedy decoding emitted after that step's
-        `last`) is known for as far as its offers reach, or the request has ended."""
+        `last`) is known for as far as its offers reach, or the request has ended. A node
+        that several chains of one kind share (the same tokens from `last` on) is one bet,
+        counted once."""
         reach = {False: 0, True: 0}  # tokens the best harvested / other offer got right
+        seen = set()  # (kind, node) already counted
         for offer in offers:
             depth = 0
             while depth < len(offer.tokens) and depth < len(truth):
-                key = (offer.kind, min(depth, DEEPEST))
-                self.tried[key] += 1
+                kind = offer.kind_at(depth)
+                node = (kind, offer.tokens[: depth + 1])
+                if node not in seen:
+                    seen.add(node)
+                    key = (kind, min(depth, DEEPEST))
+                    self.tried[key] += 1
+                    self.right[key] += offer.tokens[depth] == truth[depth]
                 if offer.tokens[depth] != truth[depth]:
                     break
-                self.right[key] += 1
                 depth += 1
             reach[offer.harvested] = max(reach[offer.harvested], depth)
         self.window_credit += max(0, reach[True] - reach[False])

@@ -8,6 +8,7 @@ as minila's decoders cut theirs, so token lists compare one to one.
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,6 +24,7 @@ from minila.lookahead.loop import LookaheadConfig, lookahead_generate
 from minila.speed.budget import FULL
 from minila.speed.cost_curve import clock
 from minila.speed.memory import NGramMemory
+from minila.speed.recycle import SuccessorTable
 
 
 @dataclass(frozen=True)
@@ -131,14 +133,16 @@ def build_decoders(
     seed: int,
     memory: NGramMemory | None = None,
     lookahead: Callable[..., Generation] = lookahead_generate,
+    successors: SuccessorTable | None = None,
 ) -> tuple[dict[str, Decoder], dict]:
     """One Decoder per method, and facts to record (lookahead settings, peer version).
-    `memory` is what la:auto remembers across the run's prompts (None: nothing);
+    `memory` and `successors` are what la:auto remembers across the run's prompts (None: nothing);
     `lookahead` decodes the fixed la:W,N,G methods (under torchrun: minila.parallel's)."""
     eos = list(tokenizer.eos_ids)
     decoders: dict[str, Decoder] = {}
     info: dict = {}
     peer: HFPeer | None = None
+    remembering = 0  # la:auto variants so far: each after the first remembers on its own
     for m in methods:
         if m.kind == "greedy":
             decoders[m.name] = minila_decoder(model, lambda ids, k: greedy_generate(model, ids, k, eos))
@@ -149,17 +153,21 @@ def build_decoders(
             if m.params:  # the paper's step: the whole window and every candidate, every step
                 window, ngram, guess, *copy = m.params
                 config = LookaheadConfig(window, ngram, guess, copy=copy[0] if copy else 0, seed=seed)
-                budget, recall = FULL, None
+                budget, recall, table = FULL, None, None
             else:
-                config, budget, recall = auto_lookahead_config(model, seed), auto_budget(model), memory
+                config, budget, recall, table = auto_lookahead_config(model, seed), auto_budget(model), memory, successors
+                if remembering:  # else one would replay the answer the other just gave
+                    recall, table = deepcopy(recall), deepcopy(table)
+                remembering += 1
+                table = table if m.recycle else None
             info[m.name] = {"window": config.window, "ngram": config.ngram, "guess": config.guess, "copy": config.copy}
             if budget is not FULL:
-                info[m.name]["budget"] = "cost"
+                info[m.name].update(recycle=config.recycle if table is not None else 0, budget="cost")
 
-            def decode(ids, k, c=config, b=budget, r=recall):
+            def decode(ids, k, c=config, b=budget, r=recall, t=table):
                 if b is FULL:  # the paper's step, which lookahead parallelism can split
                     return lookahead(model, ids, k, c, eos)
-                return lookahead_generate(model, ids, k, c, eos, budget=b, memory=r)
+                return lookahead_generate(model, ids, k, c, eos, budget=b, memory=r, successors=t)
 
             decoders[m.name] = minila_decoder(model, decode)
         else:

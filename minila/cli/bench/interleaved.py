@@ -40,6 +40,7 @@ def run_benchmark(
                 "tokens": len(r.tokens), "steps": r.steps, "seconds": round(r.seconds, 5), "fed": r.fed,
                 "identical": div is None, "first_divergence": div, "trimmed": r.trimmed, "ids": r.tokens,
                 "outside": r.outside, "speedup": runs["greedy"].seconds / r.seconds if r.seconds else 0.0,
+                **({"task": prompt.task} if prompt.task else {}),
                 **({"rank_fed": list(r.rank_fed)} if r.rank_fed else {}),
                 **({"window_steps": r.window_steps} if r.window_steps is not None else {}),
             })  # fmt: skip
@@ -79,3 +80,12 @@ def summarize(rows: list[dict]) -> list[dict]:
         # the price of one step in greedy steps: speedup = S / step_cost
         s["step_cost"] = (s["seconds"] / s["steps"]) / (greedy["seconds"] / greedy["steps"]) if greedy["seconds"] else 0.0
     return out
+def summarize_tasks(rows: list[dict]) -> dict[str, list[dict]]:
+    """`summarize` over each task's rows and over all of them ("overall"), as Spec-Bench's
+    leaderboard reports them; empty when the prompts have no tasks."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows if "task" in r))
+    if not tasks:
+        return {}
+    return {**{t: summarize([r for r in rows if r.get("task") == t]) for t in tasks}, "overall": summarize(rows)}
+
+

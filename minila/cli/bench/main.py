@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 from minila.cli.bench.decoders import build_decoders
-from minila.cli.bench.interleaved import run_benchmark, summarize
+from minila.cli.bench.interleaved import run_benchmark, summarize, summarize_tasks
 from minila.cli.bench.methods import CONFIG_HELP, DEFAULT_CONFIGS, parse_configs
 from minila.cli.bench.prompts import load_prompts
 from minila.cli.bench.report import cost_curve, markdown, plots
@@ -47,6 +47,7 @@ from minila.parallel.launch import (
     read_launch,
 )
 from minila.speed.memory import NGramMemory, tokenizer_fingerprint
+from minila.speed.recycle import SuccessorTable, successors_path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,9 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m minila.bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     p.add_argument("--ckpt", required=True, help="an HF-format Llama folder")
-    p.add_argument("--dataset", help="mtbench, humaneval (from `make bench-data`) or a FILE.jsonl\n"
-                   '(one {"prompt": ...} or {"turns": [...]} per line; "raw": true skips the chat template)')  # fmt: skip
-    p.add_argument("--limit", type=int, default=20, help="first K prompts; 0 = all (default %(default)s)")
+    p.add_argument("--dataset", help="mtbench, humaneval (from `make bench-data`), specbench (bench/specbench)\n"
+                   'or a FILE.jsonl (one {"prompt": ...} or {"turns": [...]} per line; "raw": true skips the chat template)')  # fmt: skip
+    p.add_argument("--limit", type=int, default=20, help="first K prompts; 0 = all (default %(default)s; not specbench)")  # fmt: skip
+    p.add_argument("--per-task", type=int, default=10, help="specbench: K prompts of each of its 6 tasks; 0 = all 80\n"
+                   "(default %(default)s)")  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, metavar="CONFIG", help=CONFIG_HELP)
     p.add_argument("--out", help="output folder (default bench/out/<dataset>)")
@@ -81,9 +84,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None], launch=None) -> di
     """The benchmark; `launch` (minila.parallel.launch.Launch) when started by torchrun: then every
     rank runs it in step, the la:* methods split each step over the ranks, rank 0 reports."""
     if not args.dataset and not args.cost_curve:
-        raise MinilaError("give --dataset (mtbench, humaneval or FILE.jsonl), --cost-curve, or both")
-    if args.limit < 0 or args.max_new_tokens < 1:
-        raise MinilaError("--limit must be >= 0 and --max-new-tokens >= 1")
+        raise MinilaError("give --dataset (mtbench, humaneval, specbench or FILE.jsonl), --cost-curve, or both")
+    if args.limit < 0 or args.per_task < 0 or args.max_new_tokens < 1:
+        raise MinilaError("--limit and --per-task must be >= 0 and --max-new-tokens >= 1")
     methods = parse_configs(args.configs) if args.dataset else []
     torch.set_num_threads(args.threads)
     model, tokenizer = load_checkpoint(args.ckpt, device=args.device, dtype=args.dtype, forward=args.forward)
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None], launch=None) -> di
     out = Path(args.out or Path("bench/out") / label)
     meta = {
         "dataset": args.dataset, "model": Path(args.ckpt).name, "ckpt": str(args.ckpt),
-        "max_new_tokens": args.max_new_tokens, "limit": args.limit, "threads": args.threads,
+        "max_new_tokens": args.max_new_tokens, "limit": args.limit, "per_task": args.per_task, "threads": args.threads,
         "device": str(model.device), "dtype": args.dtype, "forward": model.attention_kernel.name, "seed": args.seed, "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "configs": [m.name for m in methods],
@@ -108,17 +111,19 @@ def run(args: argparse.Namespace, log: Callable[[str], None], launch=None) -> di
         log("  " + "  ".join(f"T={r['T']}: {r['relative']:.2f}" for r in result["cost_curve"]))
     summary = None
     if args.dataset:
-        prompts = load_prompts(args.dataset, tokenizer, args.limit or None, args.data_dir)
+        prompts = load_prompts(args.dataset, tokenizer, args.limit or None, args.data_dir, args.per_task or None)
         if not prompts:
             raise MinilaError(f"{args.dataset} gave no prompts")
-        memory = None
+        memory = successors = None
         if args.memory != "off":
             fingerprint = tokenizer_fingerprint(args.ckpt)
             memory = NGramMemory(fingerprint, vocab_size=model.args.vocab_size)
+            successors = SuccessorTable(model.args.vocab_size)
             if args.memory:
                 memory = NGramMemory.load(args.memory, fingerprint, model.args.vocab_size)
+                successors = SuccessorTable.load(successors_path(args.memory), fingerprint, model.args.vocab_size)
                 meta["memory"] = f"{args.memory} ({len(memory)} continuations at start)"
-        decoders, info = build_decoders(methods, model, tokenizer, args.ckpt, args.seed, memory, lookahead)
+        decoders, info = build_decoders(methods, model, tokenizer, args.ckpt, args.seed, memory, lookahead, successors)
         meta["transformers"] = info.pop("transformers", None)
         meta["lookahead"] = info
         log(f"bench: {len(prompts)} prompts x {len(decoders)} methods ({', '.join(decoders)}), "
@@ -126,14 +131,17 @@ def run(args: argparse.Namespace, log: Callable[[str], None], launch=None) -> di
         rows = run_benchmark(decoders, prompts, args.max_new_tokens, log)
         if memory is not None and args.memory:
             memory.save(args.memory)
-        summary = summarize(rows)
+            successors.save(successors_path(args.memory), fingerprint)
+        summary, by_task = summarize(rows), summarize_tasks(rows)
         result["summary"], result["rows"] = summary, rows
+        if by_task:
+            result["tasks"] = by_task
 
     if launch is not None and launch.rank != 0:
         return result  # rank 0 reports
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    table = markdown(meta, summary, result.get("cost_curve"))
+    table = markdown(meta, summary, result.get("cost_curve"), result.get("tasks"))
     (out / "results.md").write_text(table)
     written = [] if args.no_plots else plots(out, summary, result.get("cost_curve"))
     print(table)

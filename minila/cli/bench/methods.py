@@ -16,7 +16,9 @@ methods to run, space-separated (default: {default}):
   la:W,N,G[,C]  lookahead decoding, window W, n-gram size N, G candidates, and a
                 prompt-lookup candidate of C tokens (default 0: none; la = la:5,4,5)
   la:auto       lookahead with the step budget (what each step feeds is decided by
-                its expected tokens per cost on this machine) and the n-gram memory
+                its expected tokens per cost on this machine), the n-gram memory and
+                the successor table (token recycling)
+  la:auto-norecycle  la:auto without the successor table (for before/after runs)
   hf            transformers generate(do_sample=False)
   hf-pld[:K]    transformers prompt-lookup decoding, K tokens per guess (default 10)""".format(
     default=" ".join(DEFAULT_CONFIGS)
@@ -28,6 +30,7 @@ class Method:
     name: str  # as written on the command line, e.g. "la:15,5,15"
     kind: str  # greedy | jacobi | lookahead | hf | hf-pld
     params: tuple[int, ...] = ()
+    recycle: bool = True  # la:auto: whether the successor table drafts
 
 
 def _ints(name: str, text: str, count: int) -> tuple[int, ...]:
@@ -49,8 +52,8 @@ def parse_config(spec: str) -> Method:
     if kind == "jacobi":
         return Method(spec, "jacobi", _ints(spec, arg, 1) if arg else (8,))
     if kind in ("la", "lookahead"):
-        if arg == "auto":
-            return Method(spec, "lookahead", ())  # no params: resolved by auto_lookahead_config
+        if arg in ("auto", "auto-norecycle"):  # no params: resolved by auto_lookahead_config
+            return Method(spec, "lookahead", (), recycle=arg == "auto")
         return Method(spec, "lookahead", _ints(spec, arg, 4 if arg.count(",") == 3 else 3) if arg else (5, 4, 5))
     if kind == "hf" and not arg:
         return Method(spec, "hf")

@@ -32,7 +32,19 @@ def cost_curve(
     return rows, {"gflops": limits.flops_per_second / 1e9, "read_gbps": limits.bytes_per_second / 1e9}
 
 
-def markdown(meta: dict, summary: list[dict] | None, curve: list[dict] | None) -> str:
+def task_table(by_task: dict[str, list[dict]]) -> list[str]:
+    """Markdown lines: one row per method, one column per task, each cell "S / speedup"."""
+    tasks = list(by_task)
+    lines = ["| method | " + " | ".join(tasks) + " |", "| --- " * (len(tasks) + 1) + "|"]
+    for i, name in enumerate(s["method"] for s in by_task["overall"]):
+        cells = [f"{by_task[t][i]['S']:.2f} / {by_task[t][i]['speedup']:.2f}x" for t in tasks]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    prompts = ", ".join(f"{t} {by_task[t][0]['prompts']}" for t in tasks)
+    return lines + ["", f"Each cell: S (Spec-Bench's mean accepted tokens) / speedup over minila greedy (tok/s) "
+                    f"on the task's prompts ({prompts})."]  # fmt: skip
+
+
+def markdown(meta: dict, summary: list[dict] | None, curve: list[dict] | None, by_task: dict | None = None) -> str:
     lines = [f"# minila benchmark: {meta.get('dataset') or 'cost curve'}", ""]
     lines.append(
         f"{meta['model']} · {meta['device']} {meta['dtype']} · {meta.get('forward', 'plain')} forward · "
@@ -68,6 +80,8 @@ def markdown(meta: dict, summary: list[dict] | None, curve: list[dict] | None) -
             "greedy's, token for token. Peers (hf*): transformers generate; their forward passes are counted "
             "by a hook on the model, their output cut at the first EOS and at the budget.",
         ]
+        if by_task:
+            lines += ["", "## Per task", "", *task_table(by_task)]
         parallel = [s for s in summary if s.get("rank_fed_per_step")]
         if parallel:
             lines += ["", f"## Lookahead parallelism: each step split over {meta['ranks']} ranks", "",
