@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 
 from minila.llama.attention import InvariantAttention
+from minila.llama.chunked import GRAIN, MAX_INNER, MAX_ROWS, InvariantLinear, in_row_chunks
 from minila.llama.model import Linear, ModelArgs, RMSNorm
 from minila.user_files import cache_root
 
-MAX_ROWS = 32  # the widest product call tried (a wider step: calls of this many rows)
-INNERS = (1024, 512, 256, 128, 64)  # slice widths tried for a product's inner length, widest first
+INNERS = (MAX_INNER, 512, 256, 128, 64)  # slice widths tried for a product's inner length, widest first
 TILES = ((4, 0), (4, 16), (16, 16))  # attention's product shapes tried (attention._product), cheapest first
 CACHED = (0, 5, 70, 300)  # cached keys before a probed step: none, inside the first block, past it, far past
 STEPS = (*range(1, 9), 12, 16, 24, 32, 48, 64)  # step widths tried for attention
@@ -92,8 +92,6 @@ def rows_alone(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> i
 def probe_product(n_in: int, n_out: int, dtype: torch.dtype, gen: torch.Generator) -> tuple[int, int]:
     """(rows per call, slice width) for x @ W.T with W (n_out, n_in): the most rows,
     then the widest slice, with which every row count gives every row the same bits."""
-    from minila.llama.invariant import InvariantLinear  # invariant.py asks this module for its chunking
-
     linear = Linear(n_in, n_out).requires_grad_(False)
     linear.weight.copy_(torch.randn(n_out, n_in, generator=gen) / n_in**0.5)
     linear = linear.to(dtype)
@@ -151,8 +149,6 @@ def probe(args: ModelArgs, dtype: torch.dtype) -> Chunking:
               (args.hidden_dim, args.dim), (args.dim, args.vocab_size)}  # fmt: skip
     with torch.no_grad():  # not inference mode: a packed Linear tracks its weight's version
         products = {f"{n},{m}": probe_product(n, m, dtype, gen) for n, m in sorted(shapes)}
-        from minila.llama.invariant import GRAIN, in_row_chunks  # invariant.py asks this module for its chunking
-
         gate = torch.randn(2 * max(1, GRAIN // args.hidden_dim), args.hidden_dim, generator=gen).to(dtype)
         silu_rows = rows_alone(lambda x: in_row_chunks(F.silu, x, x.shape[0]), gate)
         norm = RMSNorm(args.dim, args.norm_eps).to(dtype)
