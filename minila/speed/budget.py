@@ -63,7 +63,9 @@ PRIOR: dict[Hashable, tuple[float, float]] = {
     "copy": (0.3, 0.7), ("copy", 1): (0.18, 0.65), ("copy", 2): (0.45, 0.75), ("copy", 3): (0.7, 0.8),
     "pool": (0.1, 0.5), ("pool", True, 1): (0.24, 0.6), ("pool", True, 2): (0.36, 0.7), ("pool", True, 3): (0.6, 0.8),
     "memory": (0.3, 0.6),
-    "recycle": (0.03, 0.05), ("recycle", 0): (0.35, 0.45), ("recycle", 1): (0.12, 0.15), ("recycle", 2): (0.06, 0.08),
+    # recycled: with the successor table carried across those prompts from empty (`--max-new-tokens 64`)
+    "recycle": (0.03, 0.02), ("recycle", 0): (0.26, 0.34), ("recycle", 1): (0.11, 0.08), ("recycle", 2): (0.06, 0.06),
+    ("recycle", 3): (0.04, 0.03),
 }
 PRIOR_WEIGHT = 2.0  # observations a prior rate is worth
 WINDOW_PRIOR = (0.1, 4.0)  # (tokens a window step earns, steps that belief is worth)
