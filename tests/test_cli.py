@@ -86,7 +86,7 @@ def test_a_save_that_fails_after_the_answer_is_one_warning(make_tiny_llama, caps
     def vanish(self, target, warn=None):  # the folder removed while the answer was computed
         raise FileNotFoundError(2, "No such file or directory", str(target))
 
-    monkeypatch.setattr("minila.memory.NGramMemory.save", vanish)
+    monkeypatch.setattr("minila.speed.memory.NGramMemory.save", vanish)
     argv = ["--ckpt", str(folder), "--prompt", "hi", "--max-new-tokens", "6", "--memory", str(path)]
     out = run_json(capsys, *argv, "--mode", "compare")
     assert out["identical"] and len(out["tokens"]) == 6 and "memory" not in out

@@ -59,7 +59,7 @@ DATASETS = {
 
 
 # Spec-Bench's six tasks, in its leaderboard's order; its eight MT-bench categories are one task
-SPECBENCH_FILE = Path(__file__).resolve().parents[1] / "bench" / "specbench" / "question.jsonl"
+SPECBENCH_FILE = Path(__file__).resolve().parents[3] / "bench" / "specbench" / "question.jsonl"  # the repository root
 SPECBENCH_TASKS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
 MT_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 
