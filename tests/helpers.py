@@ -174,3 +174,41 @@ def model_shapes(draw) -> dict:
         rope_theta=draw(st.sampled_from(ROPE_THETAS)),
         tie=draw(st.booleans()),
     )
+
+
+def gguf_writer(path, config, bpe, specials, *, arch: str, pre: str, rope_base: float, eps: float, bos: int):
+    """A `gguf.GGUFWriter` holding a transformers `config`'s shape and the BPE tokenizer
+    `bpe` (`specials` typed as control tokens), as llama.cpp writes them; add the tensors,
+    then `finish_gguf`."""
+    import json
+
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch=arch)
+    w.add_block_count(config.num_hidden_layers)
+    w.add_context_length(config.max_position_embeddings)
+    w.add_embedding_length(config.hidden_size)
+    w.add_feed_forward_length(config.intermediate_size)
+    w.add_head_count(config.num_attention_heads)
+    w.add_head_count_kv(config.num_key_value_heads)
+    w.add_rope_freq_base(rope_base)
+    w.add_layer_norm_rms_eps(eps)
+    model_json = json.loads(bpe.to_str())["model"]
+    tokens = sorted(model_json["vocab"], key=model_json["vocab"].get)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in specials else 1 for t in tokens])
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in model_json["merges"]])
+    w.add_bos_token_id(bos)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+    return w
+
+
+def finish_gguf(w) -> None:
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from minila import LookaheadConfig, MinilaError, greedy_generate, lookahead_generate
 from minila.llama.attention import BLOCK, InvariantAttention, PlainAttention
+from minila.llama.chunked import InvariantLinear
 from minila.llama.invariant import (
     WIDTH,
-    InvariantLinear,
     choose_forward,
     guarantee,
     invariant_ok,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import finish_gguf, gguf_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -106,27 +107,9 @@ def _write_gguf(path: Path, hf_model, bpe, tie: bool) -> dict[str, np.ndarray]:
     from gguf.quants import dequantize, quantize
 
     c = hf_model.config
-    w = gguf.GGUFWriter(str(path), arch="llama")
-    w.add_block_count(c.num_hidden_layers)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_rope_freq_base(5000.0)
-    w.add_layer_norm_rms_eps(1e-5)
+    w = gguf_writer(path, c, bpe, SPECIALS, arch="llama", pre="smollm", rope_base=5000.0, eps=1e-5, bos=1)
     w.add_vocab_size(c.vocab_size)
     w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
-    model_json = json.loads(bpe.to_str())["model"]
-    tokens = sorted(model_json["vocab"], key=model_json["vocab"].get)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm")
-    w.add_token_list(tokens)
-    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
-    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in model_json["merges"]])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(False)
 
     expected = {}
     to_gguf = {v: k for k, v in {**{f"blk.{i}.{p}.weight": hf_tensor_name(f"blk.{i}.{p}.weight")
@@ -154,10 +137,7 @@ def _write_gguf(path: Path, hf_model, bpe, tie: bool) -> dict[str, np.ndarray]:
         else:
             w.add_tensor(gguf_name, stored)
         expected[name] = a
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish_gguf(w)
     return expected
 
 

@@ -107,6 +107,7 @@ def test_named_slices(shape):
     layout = step_layout(window, levels, chains(cand))
     rows = describe(window, levels, cand)
     logit_rows = layout.logit_rows.tolist()
+    assert list(layout.rows_with_logits) == logit_rows  # the host copy the loop reads
     assert logit_rows[0] == 0  # the first emitted token comes from `last`
     assert len(logit_rows) == len(set(logit_rows))
     top = [rows[r] for r in logit_rows[layout.top]]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import finish_gguf, gguf_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference_bpe import ReferenceBPE
@@ -75,25 +76,7 @@ def _write_qwen2_gguf(path: Path, hf_model, bpe) -> dict[str, np.ndarray]:
     from gguf.quants import dequantize, quantize
 
     c, q = hf_model.config, gguf.GGMLQuantizationType
-    w = gguf.GGUFWriter(str(path), arch="qwen2")
-    w.add_block_count(c.num_hidden_layers)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_rope_freq_base(1e6)
-    w.add_layer_norm_rms_eps(1e-6)
-    model_json = json.loads(bpe.to_str())["model"]
-    tokens = sorted(model_json["vocab"], key=model_json["vocab"].get)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
-    w.add_token_list(tokens)
-    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
-    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in model_json["merges"]])
-    w.add_bos_token_id(0)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(False)
+    w = gguf_writer(path, c, bpe, SPECIALS, arch="qwen2", pre="qwen2", rope_base=1e6, eps=1e-6, bos=0)
 
     parts = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
              "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
@@ -126,10 +109,7 @@ def _write_qwen2_gguf(path: Path, hf_model, bpe) -> dict[str, np.ndarray]:
         else:
             w.add_tensor(gguf_name, a)
         expected[name] = a
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish_gguf(w)
     return expected
 
 

@@ -80,6 +80,7 @@ class StepLayout:
     depth: torch.Tensor  # (T,) position offset of each row from `last`
     mask: torch.Tensor  # (T, T) bool, True where row i may attend to row j
     logit_rows: torch.Tensor  # (R,) the rows whose logits the step uses
+    rows_with_logits: tuple[int, ...]  # the same rows, on the host
     top: slice  # the top level, as rows of the logits (its argmaxes are the next level)
     first_node_row: int  # candidate-tree node i sits in row first_node_row + i
     first_node_logit: int  # ... and its logits are row first_node_logit + i of the logits
@@ -143,6 +144,7 @@ def _build(window: int, levels: int, tree_parents: tuple[int, ...], device: str)
         depth=torch.tensor(depths(parents), dtype=torch.long, device=device),
         mask=ancestor_mask(parents).to(device),
         logit_rows=torch.tensor(rows, dtype=torch.long, device=device),
+        rows_with_logits=tuple(rows),
         top=slice(first_node_logit - window, first_node_logit),
         first_node_row=lookahead_end,
         first_node_logit=first_node_logit,

@@ -158,10 +158,9 @@ def lookahead_generate(
         )
         matched = tree.paths[verdict.candidate][: verdict.matched] if verdict.candidate is not None else ()
         cache.commit([0] + [layout.first_node_row + node for node in matched])  # `last`, then the matched tokens
-        if successors is not None:  # the kept rows last: where a token fed several rows, theirs win
-            kept = [0] + [layout.first_node_logit + node for node in matched]
-            row_tokens = [tokens[r] for r in layout.logit_rows.tolist()]
-            successors.update(row_tokens, logits, [i for i in range(len(row_tokens)) if i not in kept] + kept)
+        if successors is not None:  # every row of logits, the accepted path's winning where a token fed several
+            fed = [tokens[r] for r in layout.rows_with_logits]
+            successors.update(fed, logits, [0] + [layout.first_node_logit + node for node in matched])
 
         if plan.window:
             pool.add_all(window.ngrams(last, fresh))

@@ -77,10 +77,12 @@ class SuccessorTable:
         """The token's recorded successors, best first ([] before any row fed it)."""
         return [t for t in self._rows[token].tolist() if t != NONE]
 
-    def update(self, tokens: Sequence[int], logits: torch.Tensor, order: Sequence[int] | None = None) -> None:
-        """Row i of `logits` (R, vocab) was computed for tokens[i]. Rows are applied in
-        `order` (default 0..R-1); where one token fed several rows, the last applied wins."""
-        latest = {tokens[i]: i for i in (range(len(tokens)) if order is None else order)}
+    def update(self, tokens: Sequence[int], logits: torch.Tensor, kept: Sequence[int] = ()) -> None:
+        """Row i of `logits` (R, vocab) was computed for tokens[i]. Where one token fed
+        several rows, the last of the rows in `kept` wins (a step's accepted path: those rows
+        saw the text that stays), else the last row."""
+        latest = {tokens[i]: i for i in range(len(tokens))}
+        latest.update((tokens[i], i) for i in kept)
         if not latest:
             return
         rows = torch.tensor(list(latest.values()), device=logits.device)
