@@ -445,7 +445,8 @@ print(f"the window ran in {sum(s.plan.window for s in cpu_steps)} of {len(cpu_st
 
 # %% [markdown]
 # These are single prompts of 48 tokens, so each number is noisy. The window column is
-# empty because on this CPU the budget never pays for the window. Copy and text n-grams
+# (close to) empty: on this CPU's curve the budget runs the window in few steps or none
+# (the line under the table counts them), and its guesses rarely win. Copy and text n-grams
 # earn where the prompt holds the answer's material (summarization and RAG quote their
 # documents; translation repeats names and numbers). The table is the one source that
 # earns something on every task, the open questions included, where the text offers
@@ -485,8 +486,9 @@ print(f"so it pays while a row costs under {break_even:.4f} greedy steps; this C
 # S is higher on the flat curve mostly because there the budget feeds every offer that
 # has any chance, not because of the window: its own n-grams earn a small fraction of a
 # token per step for its ~55 rows. Adding g tokens for w rows at r greedy steps a row pays
-# only if g / (w·r) beats the tokens per unit of cost the step makes without it, that is
-# while r < g / (w · speed). The last line compares that bound with what a window row costs
-# on this CPU's measured curve: about an order of magnitude more. So on this machine the
-# budget is right to leave the window off, and it earns its rows only where extra rows are
-# almost free, below a GPU's knee, as the paper runs it.
+# only if g / (w·r) beats the tokens per unit of cost the CPU's steps make (the window
+# hardly ever on), that is while r < g / (w · speed). The last line compares that bound
+# with what a window row costs on this CPU's measured curve: about an order of magnitude
+# more. So on this machine the budget is right to leave the window (almost) off, and it
+# earns its rows only where extra rows are almost free, below a GPU's knee, as the paper
+# runs it.
