@@ -290,3 +290,205 @@ for name, p in PROMPTS.items():
 # machine and its chances from the text being decoded. Across runs, the n-gram memory
 # (`minila/speed/memory.py`, `--memory`) adds what earlier answers said after the same two
 # tokens: ask the same kind of question twice and the second answer is faster.
+
+# %% [markdown]
+# ## Recycling every row of logits
+#
+# A step asks the model for a row of logits for each token it feeds a row for: `last`,
+# every candidate token (the ones verification rejects too) and the window's top level.
+# Verification reads one number from each row, its argmax. Yet a row is the model's whole
+# ranking of what may come after its token, in that context, and a token tends to be
+# followed by the same few tokens wherever it appears. **Token Recycling** (Luo et al., ACL
+# 2025, arXiv 2408.08696) keeps that ranking instead of dropping it: for each token of the
+# vocabulary, the 8 best ids of the most recent row that token fed. That is a vocab × 8
+# table of ids, 1.5 MB for SmolLM2. Drafting from it needs no model at all: `last`'s 8
+# successors, each of their successors, and so on, form a tree, and one forward verifies
+# the tree like any other candidates. The paper drafts the same tree shape, about 80
+# nodes, every step.
+#
+# In minila (`minila/speed/recycle.py`) the table is not a decoder of its own but one
+# more source for the step budget. A recycled token's kind is its rank in its parent's
+# row, and its chance is learned per (rank, depth) within the request, like the copy's
+# and the pool's; `grow_tree` keeps the `recycle` = 32 most likely nodes and the budget
+# feeds the part of them that pays on this machine's curve. The table outlives the
+# request: `lookahead_generate(..., successors=table)` carries it from one call to the
+# next, and the command line saves it beside the n-gram memory (`--memory`).
+#
+# Here a fresh table learns from the chat answer and then from the code answer; the
+# tokens must still be greedy decoding's, and S moves a little:
+
+# %%
+from minila.cli.bench.prompts import load_prompts
+from minila.lookahead.layout import candidate_tree
+from minila.speed.memory import NGramMemory
+from minila.speed.recycle import SuccessorTable
+
+cpu_budget = CostBudget(cpu_curve.relative)
+table = SuccessorTable(model.args.vocab_size)  # (vocab, 8) ids, all -1: nothing seen yet
+rows_before = {}  # prompt -> [the table's row for `last` as each step began drafting]
+recycled = {}
+for name, p in PROMPTS.items():
+    seen = rows_before[name] = []  # on_tokens runs after a step has updated the table
+    recycled[name] = minila.lookahead_generate(
+        model, p, LONG, limits, tokenizer.eos_ids, budget=cpu_budget, successors=table,
+        on_tokens=lambda emitted, seen=seen: seen.append(table.successors(emitted[-1])),
+    )  # fmt: skip
+    assert recycled[name].tokens == auto_runs[name].tokens  # the table only drafts: every token is greedy's
+    print(f"{name}: S = {auto_runs[name].compression:.2f} without the table, {recycled[name].compression:.2f} with it")
+print(f"table rows written: {int(table.touched.sum())} of {table.vocab_size}")
+
+# %% [markdown]
+# Every step keeps its plan (`Generation.stats[i].plan`): all the offers on the table,
+# their chances, and the chains it fed; `stats[i].candidate` is the fed chain that
+# verification accepted. So each accepted token can be traced to the offer that put its
+# node in the step, the one giving it the highest chance (`node_chances` in
+# `minila/speed/budget.py` keeps that chance). Below, the step of the code answer where the
+# table earned the most: the table's row for `last`, what greedy decoding did next, and
+# the tree the table drafted, one chain per leaf. *ranks* are each token's rank in its
+# parent's row (0 = that row's argmax), *chance* the learned chance of the whole chain,
+# *fed* how many of its tokens the budget fed, *right* how many agree with greedy.
+
+# %%
+SOURCES = ("window", "text", "copy", "memory", "recycle")
+
+
+def source(offer):
+    """The source of an offer; a pool n-gram is `text` if the text holds it, else `window`."""
+    return ("text" if offer.kind[1] else "window") if offer.kind[0] == "pool" else offer.kind[0]
+
+
+def accepted_by_source(gen):
+    """Per step, the sources of the candidate tokens it accepted ([] for none)."""
+    out, done = [], 0
+    for stat in gen.stats:
+        matched = stat.accepted - 1  # every step emits one token of the model's own; the rest were fed
+        credit = []
+        if matched:
+            chain = stat.plan.candidates[stat.candidate][:matched]  # the fed chain verification accepted
+            assert list(chain) == gen.tokens[done : done + matched]
+            best = {}  # node -> (its chance, the source offering it)
+            for offer, chances in zip(stat.plan.offers, stat.plan.chances):
+                for k, chance in enumerate(chances):
+                    node = offer.tokens[: k + 1]
+                    if chance > best.get(node, (-1.0, ""))[0]:
+                        best[node] = (chance, source(offer))
+            credit = [best[chain[: k + 1]][1] for k in range(matched)]
+        out.append(credit)
+        done += stat.accepted
+    return out
+
+
+def show(ids):
+    return " ".join(repr(tokenizer.decode([t])) for t in ids)
+
+
+def right(tokens, truth):
+    return next((k for k, (a, b) in enumerate(zip(tokens, truth)) if a != b), min(len(tokens), len(truth)))
+
+
+gen = recycled["code"]
+earned = [credit.count("recycle") for credit in accepted_by_source(gen)]
+i = max(range(1, gen.steps), key=lambda j: (earned[j], -j))  # the earliest of the best steps
+done = sum(gen.accepted[:i])
+last, truth, plan = gen.tokens[done - 1], gen.tokens[done:], gen.stats[i].plan
+fed = {c[: k + 1] for c in plan.candidates for k in range(len(c))}
+print(f"step {i + 1} of the code answer, after {tokenizer.decode(gen.tokens[max(0, done - 12) : done])!r}")
+print(f"  the table's row for last = {tokenizer.decode([last])!r}: {show(rows_before['code'][i - 1])}")
+print(f"  greedy decoding goes on with:     {show(truth[:6])}")
+tree = [(o, c) for o, c in zip(plan.offers, plan.chances) if o.kind[0] == "recycle"]
+print(f"\nthe tree the table drafted ({len(tree)} chains), most likely first:")
+print(f"  {'ranks':<8} {'chance':>6} {'fed':>4} {'right':>5}  tokens")
+for offer, chances in tree[:10]:
+    ranks = "".join(str(kind[1]) for kind in offer.kinds)
+    fed_here = sum(offer.tokens[: k + 1] in fed for k in range(len(offer.tokens)))
+    print(f"  {ranks:<8} {chances[-1]:>6.3f} {fed_here:>4} {right(offer.tokens, truth):>5}  {show(offer.tokens)}")
+print(f"the step accepted {gen.stats[i].accepted - 1} fed tokens, {earned[i]} of them from the table")
+
+# %% [markdown]
+# ## S by source on Spec-Bench
+#
+# Spec-Bench (Xia et al., 2024; `bench/specbench`) is where draft-free decoders are
+# compared: six tasks, greedy decoding, batch 1, and "mean accepted tokens", which is S.
+# One prompt of each task, 48 tokens each, on this CPU's budget, with one n-gram memory
+# and one successor table carried from prompt to prompt, both starting empty. Each
+# column is the tokens per step that one source's fed offers got accepted, so S is 1 (the
+# token every step emits) plus the row's sum:
+
+# %%
+bench = load_prompts("specbench", tokenizer, per_task=1)  # first turns, in the chat template
+SHORT = 48
+
+
+def run_bench(config, budget):
+    memory, table = NGramMemory("notebook", vocab_size=model.args.vocab_size), SuccessorTable(model.args.vocab_size)
+    return {
+        p.task: minila.lookahead_generate(model, p.ids, SHORT, config, tokenizer.eos_ids, budget=budget, memory=memory, successors=table)
+        for p in bench
+    }  # fmt: skip
+
+
+def per_step(gen):
+    """Tokens per step accepted from each source's offers."""
+    credits = [s for credit in accepted_by_source(gen) for s in credit]
+    return {s: credits.count(s) / gen.steps for s in SOURCES}
+
+
+cpu_bench = run_bench(limits, cpu_budget)
+print(f"{'task':<15} {'prompt':>6} {'S':>5} = 1 + " + " + ".join(f"{s:>7}" for s in SOURCES))
+for p in bench:
+    gen = cpu_bench[p.task]
+    by = per_step(gen)
+    assert abs(1 + sum(by.values()) - gen.compression) < 1e-9
+    print(f"{p.task:<15} {len(p.ids):>6} {gen.compression:>5.2f} = 1 + " + " + ".join(f"{by[s]:>7.2f}" for s in SOURCES))
+cpu_steps = [s for gen in cpu_bench.values() for s in gen.stats[1:]]
+print(f"the window ran in {sum(s.plan.window for s in cpu_steps)} of {len(cpu_steps)} steps ({limits.label})")
+
+# %% [markdown]
+# These are single prompts of 48 tokens, so each number is noisy. The window column is
+# (close to) empty: on this CPU's curve the budget runs the window in few steps or none
+# (the line under the table counts them), and its guesses rarely win. Copy and text n-grams
+# earn where the prompt holds the answer's material (summarization and RAG quote their
+# documents; translation repeats names and numbers). The table is the one source that
+# earns something on every task, the open questions included, where the text offers
+# nothing. The memory starts empty and six unrelated prompts give it little to reuse.
+
+# %% [markdown]
+# ## Where the window stops earning
+#
+# On the flat curve the budget runs the paper's window (W = 15, N = 5) every step. What do
+# its n-grams earn? Only the tokens accepted from n-grams the window guessed and the text
+# did not contain count for it (the *window* column above). The same six prompts, with
+# the same tokens (each run is greedy decoding's), on the flat curve:
+
+# %%
+flat_bench = run_bench(flat_limits, CostBudget(flat_curve.relative))
+print(f"{'task':<15} {'S':>5} {'window steps':>12} {'its rows/step':>13} {'its tokens/step':>15}")
+earned = rows = ran = 0
+for p in bench:
+    gen = flat_bench[p.task]
+    assert gen.tokens == cpu_bench[p.task].tokens
+    window_steps = [s for s in gen.stats[1:] if s.plan.window]
+    fed_rows = sum(s.width - 1 - len(candidate_tree(s.plan.candidates).tokens) for s in window_steps)  # not `last`, not candidates
+    tokens = per_step(gen)["window"] * gen.steps
+    print(f"{p.task:<15} {gen.compression:>5.2f} {len(window_steps):>5}/{gen.steps - 1:<6} {fed_rows / len(window_steps):>13.1f} "
+          f"{tokens / len(window_steps):>15.2f}")  # fmt: skip
+    earned, rows, ran = earned + tokens, rows + fed_rows, ran + len(window_steps)
+
+g, w = earned / ran, rows / ran  # what a window step earns, and the rows it adds
+speed = sum(len(gen.tokens) - gen.accepted[0] for gen in cpu_bench.values()) / sum(s.plan.cost for s in cpu_steps)
+break_even = g / (w * speed)
+per_row = (cpu_curve.relative(1 + w, 1 + flat_limits.window) - 1) / w
+print(f"\nthe window: {g:.2f} tokens per step for {w:.0f} rows; without it this CPU makes {speed:.2f} tokens per greedy step of cost")
+print(f"so it pays while a row costs under {break_even:.4f} greedy steps; this CPU charges {per_row:.4f} ({per_row / break_even:.0f}x)")
+
+
+# %% [markdown]
+# S is higher on the flat curve mostly because there the budget feeds every offer that
+# has any chance, not because of the window: its own n-grams earn a small fraction of a
+# token per step for its ~55 rows. Adding g tokens for w rows at r greedy steps a row pays
+# only if g / (w·r) beats the tokens per unit of cost the CPU's steps make (the window
+# hardly ever on), that is while r < g / (w · speed). The last line compares that bound
+# with what a window row costs on this CPU's measured curve: about an order of magnitude
+# more. So on this machine the budget is right to leave the window (almost) off, and it
+# earns its rows only where extra rows are almost free, below a GPU's knee, as the paper
+# runs it.
