@@ -13,6 +13,7 @@ import select
 import signal
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,22 @@ def llama3_dir(tmp_path_factory, llama3_tokenizer_json) -> Path:
 @pytest.fixture(scope="module")
 def llama3_f64(llama3_dir):
     return load_checkpoint(llama3_dir, device="cpu", dtype="float64")
+
+
+class Dec4:
+    """A clock stopped on 4 Dec 2026. Llama 3.2's template prints today's date in the system
+    turn, and the tiny tokenizer spells some dates in more tokens than others; three turns of
+    24 tokens sit close to the tiny model's 256-token context, so on 5 Dec 2026 the history
+    outgrew it. The tests below are about the cache, not the calendar."""
+
+    @staticmethod
+    def now():
+        return datetime(2026, 12, 4)
+
+
+@pytest.fixture(autouse=True)
+def fixed_date(monkeypatch):
+    monkeypatch.setattr("minila.llama.tokenizer.datetime", Dec4)
 
 
 def lookahead(model, ids, k, eos, on_tokens, cache):
