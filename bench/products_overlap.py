@@ -28,6 +28,7 @@ SLICE = 2048  # rows of a larger weight (the head) timed at a time, in cache
 
 
 def median_seconds(fn, repeats: int) -> float:
+    """The median, not the best: this shared machine's speed swings between runs."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -40,12 +41,13 @@ def median_seconds(fn, repeats: int) -> float:
 def in_cache_seconds(lin: Linear, x: torch.Tensor) -> float:
     """One product with its weight in cache: the product alone, many times over (after the
     first call its weight stays in cache); a weight too large for that (the head) is timed
-    a slice of SLICE rows at a time, the same kernel on a packed weight of that shape."""
+    a slice of SLICE rows at a time: a packed Linear of that shape, the same kernel."""
     if lin.in_features * lin.out_features * 4 <= IN_CACHE:
         return median_seconds(lambda: lin(x), 21)
-    part = torch.ops.mkldnn._reorder_linear_weight(torch.randn(SLICE, lin.in_features), None)
-    one = median_seconds(lambda: torch.ops.mkldnn._linear_pointwise(x, part, None, "none", [], ""), 21)
-    return one * lin.out_features / SLICE
+    with torch.inference_mode(False):  # packing records the weight's version, which inference tensors lack
+        part = Linear(lin.in_features, SLICE)
+        part.pack()
+    return median_seconds(lambda: part(x), 21) * lin.out_features / SLICE
 
 
 def main() -> None:
